@@ -1,0 +1,134 @@
+"""Online tools: `web_search` (Tavily) and `wikipedia`.
+
+They need a network, and Tavily needs an API key, so they are built by
+factories that raise `ToolUnavailable` with a message saying what is missing;
+`available_online_tools` turns those into skip messages for the CLI. Client
+libraries are imported lazily so the offline tools work without them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForToolRun
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, Field
+
+TAVILY_KEY_ENV = "TAVILY_API_KEY"
+
+
+class ToolUnavailable(RuntimeError):
+    """A tool cannot be built here (missing API key or package)."""
+
+
+class WebQueryInput(BaseModel):
+    """Arguments of the online search tools."""
+
+    query: str = Field(description="A short web search query.")
+
+
+class WebSearchTool(BaseTool):
+    """Tavily web search; `client` is anything with Tavily's `search(query, max_results=...)`."""
+
+    name: str = "web_search"
+    description: str = "Search the web and return the top results (title, URL, snippet). Use for recent or niche facts."
+    args_schema: type[BaseModel] = WebQueryInput
+    client: Any
+    max_results: int = Field(default=3, ge=1)
+    max_snippet_chars: int = 500
+    metadata: dict = Field(
+        default_factory=lambda: {
+            "examples": [{"query": "2024 Nobel Prize in Physics winners"}],
+            "limitations": ["Snippets can be outdated or wrong; needs internet."],
+            "best_practices": ["Search for one specific fact at a time."],
+            "output_type": "str",
+        }
+    )
+
+    def _run(self, query: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
+        if not query.strip():
+            raise ToolException("empty query")
+        try:
+            response = self.client.search(query, max_results=self.max_results)
+        except Exception as exc:
+            raise ToolException(f"web_search failed: {exc}") from exc
+        return format_search_results(response, self.max_snippet_chars)
+
+
+def format_search_results(response: dict[str, Any], max_snippet_chars: int = 500) -> str:
+    """Number Tavily's results as `[i] title (url)` plus a snippet, answer first if given."""
+    lines = []
+    if response.get("answer"):
+        lines.append(f"Answer: {response['answer']}")
+    for rank, item in enumerate(response.get("results") or [], start=1):
+        snippet = " ".join(str(item.get("content", "")).split())
+        if len(snippet) > max_snippet_chars:
+            snippet = snippet[:max_snippet_chars].rstrip() + " ..."
+        lines.append(f"[{rank}] {item.get('title', '(no title)')} ({item.get('url', '')})\n{snippet}")
+    return "\n".join(lines) if lines else "No web results found."
+
+
+class WikipediaTool(BaseTool):
+    """Wikipedia lookup through langchain-community's WikipediaAPIWrapper; errors become ToolException."""
+
+    name: str = "wikipedia"
+    description: str = "Look up a topic on Wikipedia and return page summaries. Use for people, places, events, definitions."
+    args_schema: type[BaseModel] = WebQueryInput
+    api_wrapper: Any
+    metadata: dict = Field(
+        default_factory=lambda: {
+            "examples": [{"query": "Alan Turing"}],
+            "limitations": ["Summaries only; needs internet."],
+            "best_practices": ["Query the page title (a name or term), not a full question."],
+            "output_type": "str",
+        }
+    )
+
+    def _run(self, query: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
+        if not query.strip():
+            raise ToolException("empty query")
+        try:
+            return self.api_wrapper.run(query)
+        except Exception as exc:
+            raise ToolException(f"wikipedia failed: {exc}") from exc
+
+
+def web_search_tool(max_results: int = 3) -> WebSearchTool:
+    """Build `web_search` from TAVILY_API_KEY; ToolUnavailable says what is missing."""
+    api_key = os.environ.get(TAVILY_KEY_ENV, "").strip()
+    if not api_key:
+        raise ToolUnavailable(f"web_search skipped: set {TAVILY_KEY_ENV} to use Tavily web search")
+    try:
+        from tavily import TavilyClient
+    except ImportError as exc:
+        raise ToolUnavailable("web_search skipped: the 'tavily-python' package is not installed") from exc
+    return WebSearchTool(client=TavilyClient(api_key=api_key), max_results=max_results)
+
+
+def wikipedia_tool(top_k_results: int = 2, max_chars: int = 2000) -> WikipediaTool:
+    """Build `wikipedia`; ToolUnavailable when langchain-community or `wikipedia` is missing."""
+    try:
+        with warnings.catch_warnings():  # the package's sunset notice is noise for our users
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from langchain_community.utilities.wikipedia import WikipediaAPIWrapper
+    except ImportError as exc:
+        raise ToolUnavailable("wikipedia skipped: the 'langchain-community' package is not installed") from exc
+    try:
+        wrapper = WikipediaAPIWrapper(top_k_results=top_k_results, doc_content_chars_max=max_chars)
+    except ImportError as exc:
+        raise ToolUnavailable("wikipedia skipped: the 'wikipedia' package is not installed") from exc
+    return WikipediaTool(api_wrapper=wrapper)
+
+
+def available_online_tools() -> tuple[list[BaseTool], list[str]]:
+    """The online tools that can be built here, and one message per tool skipped."""
+    tools: list[BaseTool] = []
+    skipped: list[str] = []
+    for factory in (web_search_tool, wikipedia_tool):
+        try:
+            tools.append(factory())
+        except ToolUnavailable as exc:
+            skipped.append(str(exc))
+    return tools, skipped
