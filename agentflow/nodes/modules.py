@@ -1,0 +1,174 @@
+"""The four AgentFlow modules as LangGraph nodes.
+
+Each factory takes a LangChain `BaseChatModel` (one model may serve all four) and
+returns a plain function `state -> partial state update`. The planner calls its model
+directly inside the node, so callbacks see `langgraph_node == "planner"` in their
+metadata: that is how the Flow-GRPO trainer picks the planner's generations out of a
+live graph run without a second code path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool
+
+from agentflow import prompts
+from agentflow.graph.state import AgentFlowState, MemoryRecord
+from agentflow.nodes.parsing import (
+    extract_answer,
+    parse_planner,
+    parse_tool_arguments,
+    parse_verifier,
+    wants_answer_tags,
+)
+from agentflow.tools.cards import render_tool_cards, tool_card
+
+Node = Callable[[AgentFlowState, RunnableConfig], dict[str, Any]]
+
+RESULT_CHARS_IN_PROMPT = 600  # memory shown to a module: enough for a result, bounded for small contexts
+RESULT_CHARS_STORED = 4000
+
+
+def render_memory(memory: Sequence[MemoryRecord]) -> str:
+    """The memory M as the modules read it: one short block per turn."""
+    if not memory:
+        return prompts.NO_STEPS
+    blocks = []
+    for record in memory:
+        outcome = f"ERROR: {record['error']}" if record["error"] else record["result"]
+        if len(outcome) > RESULT_CHARS_IN_PROMPT:
+            outcome = outcome[:RESULT_CHARS_IN_PROMPT] + " ..."
+        blocks.append(prompts.MEMORY_RECORD.format(**record, outcome=outcome).rstrip())
+    return "\n".join(blocks)
+
+
+def _truncate(text: str, limit: int = RESULT_CHARS_STORED) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n[truncated {len(text) - limit} characters]"
+
+
+def _text(message: BaseMessage) -> str:
+    return message.content if isinstance(message.content, str) else str(message.content)
+
+
+def _call(llm: BaseChatModel, system: str, user: str, prefix: str, config: RunnableConfig) -> str:
+    """One chat call; a non-empty `prefix` starts the assistant's turn (see LocalChatModel)."""
+    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
+    if prefix:
+        messages.append(AIMessage(prefix))
+    return prefix + _text(llm.invoke(messages, config))
+
+
+def make_planner(llm: BaseChatModel, tools: Sequence[BaseTool]) -> Node:
+    names = [t.name for t in tools]
+    example_tool = next((n for n in ("calculator", "python") if n in names), names[0])
+    system = prompts.PLANNER_SYSTEM.format(
+        tool_cards=render_tool_cards(tools), tool_names=", ".join(names), example_tool=example_tool
+    )
+
+    def planner(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
+        user = prompts.PLANNER_USER.format(query=state["query"], memory=render_memory(state.get("memory", [])))
+        action = parse_planner(_call(llm, system, user, prompts.PLANNER_PREFIX, config), names)
+        update: dict[str, Any] = {
+            "turn": state.get("turn", 0) + 1,
+            "sub_goal": action.sub_goal,
+            "tool_name": action.tool_name,
+            "context": action.context,
+            "plan_error": action.error,
+        }
+        if "started_at" not in state:
+            update["started_at"] = time.time()
+        return update
+
+    return planner
+
+
+def make_executor(llm: BaseChatModel, tools: Sequence[BaseTool], tool_timeout: float = 60.0) -> Node:
+    by_name = {t.name: t for t in tools}
+
+    def executor(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
+        record = MemoryRecord(
+            turn=state["turn"],
+            sub_goal=state.get("sub_goal", ""),
+            tool_name=state.get("tool_name", ""),
+            command="",
+            result="",
+            error=state.get("plan_error"),
+        )
+        tool = by_name.get(state.get("tool_name", ""))
+        if record["error"] is None and tool is None:
+            record["error"] = f"unknown tool {state.get('tool_name')!r}"
+        if record["error"] is None:
+            _execute(llm, tool, state, record, tool_timeout, config)
+        return {"memory": [record], "tool_errors": int(record["error"] is not None)}
+
+    return executor
+
+
+def _execute(
+    llm: BaseChatModel,
+    tool: BaseTool,
+    state: AgentFlowState,
+    record: MemoryRecord,
+    timeout: float,
+    config: RunnableConfig,
+) -> None:
+    """Write the tool's arguments with the model, validate them, run the tool with a timeout."""
+    card = tool_card(tool)
+    args_hint = ", ".join(f"{a} ({s['type']}): {s['description']}" for a, s in card["input_types"].items())
+    example = json.dumps({a: "..." for a in card["input_types"]})
+    required = tool.get_input_jsonschema().get("required", [])
+    # Starting the reply with `{"arg": "` makes a small model fill in a value instead of
+    # inventing a format; the parser copes with a value it forgets to close.
+    prefix = f'{{"{required[0]}": "' if len(required) == 1 else prompts.EXECUTOR_PREFIX
+    system = prompts.EXECUTOR_SYSTEM.format(
+        tool_name=tool.name, tool_card=f"{card['description']}\nArguments: {args_hint}", example=example
+    )
+    user = prompts.EXECUTOR_USER.format(
+        query=state["query"], sub_goal=record["sub_goal"], context=state.get("context") or "none"
+    )
+    parsed = parse_tool_arguments(_call(llm, system, user, prefix, config), tool)
+    if parsed.args is None:
+        record["error"] = parsed.error
+        return
+    record["command"] = json.dumps(parsed.args, ensure_ascii=False)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tool-{tool.name}")
+    try:
+        result = pool.submit(tool.invoke, parsed.args, config).result(timeout=timeout)
+        record["result"] = _truncate(result if isinstance(result, str) else str(result))
+    except concurrent.futures.TimeoutError:
+        record["error"] = f"tool {tool.name} timed out after {timeout:g}s"
+    except Exception as exc:  # a tool crash is data for the memory, never the end of the run
+        record["error"] = _truncate(f"{type(exc).__name__}: {exc}", 1000)
+    finally:
+        # A hung tool thread cannot be killed; do not wait for it (the sandboxed
+        # python tool kills its own process group on its own timeout).
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_verifier(llm: BaseChatModel) -> Node:
+    def verifier(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
+        user = prompts.VERIFIER_USER.format(query=state["query"], memory=render_memory(state.get("memory", [])))
+        verdict, _ = parse_verifier(_call(llm, prompts.VERIFIER_SYSTEM, user, prompts.VERIFIER_PREFIX, config))
+        return {"verdict": verdict}
+
+    return verifier
+
+
+def make_generator(llm: BaseChatModel) -> Node:
+    def generator(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
+        query = state["query"]
+        system = prompts.GENERATOR_SYSTEM + (prompts.GENERATOR_ANSWER_TAGS if wants_answer_tags(query) else "")
+        user = prompts.GENERATOR_USER.format(query=query, memory=render_memory(state.get("memory", [])))
+        response = _call(llm, system, user, "", config)
+        return {"response": response, "answer": extract_answer(response)}
+
+    return generator
+

@@ -1,0 +1,85 @@
+"""Every prompt of AgentFlow, in one place.
+
+The contracts follow the published AgentFlow (lupantech/AgentFlow): the planner ends
+with `Context / Sub-Goal / Tool Name`, the verifier with `Conclusion: STOP|CONTINUE`,
+the generator answers from memory. The wording is written for small models too: the
+default planner is a 135M model, which follows a format far better when it sees one
+worked example and when its turn is started for it (DESIGN.md §4). Each prompt is a
+template filled with `str.format`; `*_PREFIX` strings start the assistant's turn.
+"""
+
+PLANNER_SYSTEM = """You are the planner of a team that answers questions with tools.
+Pick ONE next step: a short sub-goal and the ONE tool that achieves it.
+
+Tools:
+{tool_cards}
+
+Answer in exactly this format:
+Sub-Goal: <what to do next, with the exact numbers or names needed>
+Tool Name: <one of: {tool_names}>
+Context: <facts from earlier steps the tool needs, or none>
+
+Example:
+Question: What is 4821 * 377?
+Sub-Goal: Multiply 4821 by 377.
+Tool Name: {example_tool}
+Context: none"""
+
+PLANNER_USER = """Question: {query}
+
+Steps so far:
+{memory}"""
+
+PLANNER_PREFIX = "Sub-Goal:"
+
+EXECUTOR_SYSTEM = """You write the input for one tool call.
+Tool: {tool_name}
+{tool_card}
+
+Reply with only the JSON arguments of the call, for example:
+{example}"""
+
+EXECUTOR_USER = """Question: {query}
+Sub-Goal: {sub_goal}
+Context: {context}"""
+
+EXECUTOR_PREFIX = ""
+
+VERIFIER_SYSTEM = """You decide if the question is already answered by the results of the steps.
+Reply STOP if a result answers the question, CONTINUE if more work is needed.
+End with exactly one line: Conclusion: STOP or Conclusion: CONTINUE"""
+
+VERIFIER_USER = """Question: {query}
+
+Steps so far:
+{memory}
+
+Is the question answered? Reply STOP or CONTINUE."""
+
+VERIFIER_PREFIX = "Conclusion:"
+
+GENERATOR_SYSTEM = """You answer the question using the results of the steps below.
+Trust the tool results; give the final answer briefly."""
+
+GENERATOR_ANSWER_TAGS = " Put the final answer inside <answer></answer>."
+
+GENERATOR_USER = """Question: {query}
+
+Steps so far:
+{memory}
+
+Final answer:"""
+
+BASE_GENERATOR_SYSTEM = (
+    "You are a helpful assistant. Answer the request directly and concisely. "
+    "If you are not sure, say so instead of guessing."
+)
+
+NO_STEPS = "(none yet)"
+
+# "Tool Name:" as in the planner's contract: a small planner that copies an earlier
+# step still produces a parsable action.
+MEMORY_RECORD = """Step {turn}: {sub_goal}
+  Tool Name: {tool_name}
+  Command: {command}
+  Result: {outcome}"""
