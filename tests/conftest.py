@@ -30,6 +30,7 @@ class ScriptedChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     respond: Callable[[str, list[BaseMessage]], str]
+    continues_final_message: bool = True
 
     @property
     def _llm_type(self) -> str:

@@ -168,3 +168,22 @@ def test_python_tool_in_the_graph(scripted):
 
     final = build_agentflow(scripted(script), [PythonSandboxTool()]).invoke({"query": "2^10?"})
     assert final["memory"][0]["result"].strip() == "1024"
+
+
+def test_models_that_cannot_continue_a_reply_get_no_prefix():
+    """An API chat model (ChatOpenAI & co.) answers a trailing AI message as a finished
+    turn, so such models get the plain conversation and write the whole contract."""
+    seen = []
+
+    def api_script(role, messages):
+        seen.append(type(messages[-1]).__name__)
+        if role == "planner":
+            return "Sub-Goal: Compute 7 * 6.\nTool Name: calculator"
+        if role == "executor":
+            return '{"expression": "7 * 6"}'
+        return calculator_script(role, messages)
+
+    llm = ScriptedChatModel(respond=api_script, continues_final_message=False)
+    final = build_agentflow(llm, [CalculatorTool()]).invoke({"query": "What is 7 * 6?"})
+    assert final["answer"] == "42"
+    assert set(seen) == {"HumanMessage"}

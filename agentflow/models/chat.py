@@ -36,6 +36,8 @@ class LocalChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     engine: GenerationEngine
+    # The graph's nodes start a reply only for models that continue a trailing AIMessage.
+    continues_final_message: bool = True
     model_name: str = DEFAULT_MODEL
     temperature: float = 0.0
     top_p: float = 1.0

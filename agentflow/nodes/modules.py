@@ -59,10 +59,14 @@ def _text(message: BaseMessage) -> str:
 
 
 def _call(llm: BaseChatModel, system: str, user: str, prefix: str, config: RunnableConfig) -> str:
-    """One chat call; a non-empty `prefix` starts the assistant's turn (see LocalChatModel)."""
+    """One chat call. A non-empty `prefix` starts the assistant's turn, but only for
+    models that continue a trailing AI message (`continues_final_message`, e.g.
+    LocalChatModel); API chat models such as ChatOpenAI would answer it as a finished
+    turn, so they get the plain conversation and write the whole reply themselves."""
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
-    if prefix:
-        messages.append(AIMessage(prefix))
+    if not (prefix and getattr(llm, "continues_final_message", False)):
+        return _text(llm.invoke(messages, config))
+    messages.append(AIMessage(prefix))
     return prefix + _text(llm.invoke(messages, config))
 
 
