@@ -1,0 +1,104 @@
+"""From a `FlowGRPOConfig` to a running trainer: models, tools, graph, data, reward.
+
+The default layout trains only the planner: the policy `LocalChatModel` (fp32 master
+weights, the engine decodes with them) is the planner's model, and one frozen copy
+(`frozen_dtype`, bf16 by default) serves the executor, verifier and generator and, for
+full fine-tuning, is also the KL reference, so the reference costs no extra memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from agentflow.evals.datasets import load_benchmark, with_answer_instruction
+from agentflow.evals.scoring import score
+from agentflow.graph import build_agentflow
+from agentflow.models import GenerationEngine, LocalChatModel, load_model, resolve_model_path, tiny_model
+from agentflow.trainer.config import TINY_MODEL, FlowGRPOConfig
+from agentflow.trainer.flow_grpo import FlowGRPOTrainer
+from agentflow.trainer.rollout import RewardFn
+
+
+def make_reward(scorer: str) -> RewardFn:
+    """The verifiable reward: `score(scorer, final answer, item)`."""
+    score(scorer, "", {"answer": "0", "question": "[1, 2, 3, 4]"})  # fail now on an unknown scorer name
+
+    def reward(state: Mapping[str, Any], item: Mapping[str, Any]) -> float:
+        return score(scorer, str(state.get("answer", "")), item)
+
+    return reward
+
+
+def load_policy_model(config: FlowGRPOConfig, device: torch.device | str = "cpu"):
+    """The planner's model (fp32, trainable) and its tokenizer; "tiny" is the random test model."""
+    if config.model == TINY_MODEL:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path())
+        return tiny_model(seed=config.seed).to(device), tokenizer
+    return load_model(config.model, dtype=torch.float32, device=device)
+
+
+def load_datasets(config: FlowGRPOConfig):
+    def load(name: str, split: str, limit: int | None):
+        data = load_benchmark(name, split=split, limit=limit)
+        if config.answer_instruction:
+            data = data.map(lambda row: {"query": with_answer_instruction(row["query"])})
+        return data
+
+    train = load(config.dataset, config.dataset_split, config.dataset_limit)
+    evals = load(config.eval_dataset, config.eval_split, config.eval_limit) if config.eval_dataset else None
+    return train, evals
+
+
+def build_graph_and_models(config: FlowGRPOConfig, device: torch.device | str = "cpu"):
+    """(graph, policy chat model, frozen chat model or None) as the trainer expects them."""
+    from agentflow.evals.toolmix import make_toolmix
+    from agentflow.tools import default_tools, get_tools
+
+    model, tokenizer = load_policy_model(config, device)
+    engine = GenerationEngine(model, tokenizer, seed=config.seed)
+    policy = LocalChatModel(engine=engine, model_name=config.model, temperature=config.temperature,
+                            max_new_tokens=config.max_new_tokens)
+    frozen = None
+    if not config.share_modules_model:
+        frozen_model = copy.deepcopy(model).to(getattr(torch, config.frozen_dtype)).requires_grad_(False).eval()
+        frozen = LocalChatModel(engine=GenerationEngine(frozen_model, tokenizer, seed=config.seed + 1),
+                                model_name=config.model, temperature=0.0, max_new_tokens=config.module_max_new_tokens)
+    modules_llm = frozen or policy
+    corpus = config.corpus or (make_toolmix().corpus if config.dataset == "toolmix" else None)
+    tools = (get_tools(config.tools, llm=modules_llm, corpus=corpus) if config.tools
+             else default_tools(llm=modules_llm, corpus=corpus))
+    graph = build_agentflow(modules_llm, tools, planner_llm=policy, max_turns=config.max_turns,
+                            max_seconds=config.run_timeout_s)
+    return graph, policy, frozen
+
+
+def build_trainer(
+    path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig,
+    reward_fn: RewardFn | None = None,
+    accelerator: Accelerator | None = None,
+) -> FlowGRPOTrainer:
+    """Everything `train_from_config` builds, without training (tests swap the reward)."""
+    config = FlowGRPOConfig.load(path_or_config)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    reward_fn = reward_fn or make_reward(config.reward)
+    train, evals = load_datasets(config)
+    graph, policy, frozen = build_graph_and_models(config, accelerator.device)
+    return FlowGRPOTrainer(
+        config, graph, policy, reward_fn, train, evals,
+        ref_model=frozen.engine.model if frozen is not None else None,
+        frozen_engines=[frozen.engine] if frozen is not None else [],
+        accelerator=accelerator,
+    )
+
+
+def train_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig) -> Path:
+    """Train as the config says (resuming when `resume_from` is set); returns the run directory."""
+    return build_trainer(path_or_config).train()

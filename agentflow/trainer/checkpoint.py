@@ -1,0 +1,164 @@
+"""Atomic training checkpoints: planner weights, optimizer, RNG states, step, config.
+
+A checkpoint is written into a hidden temporary directory beside its final place and
+renamed with `os.replace` only when complete, so a crash or SIGKILL in the middle of a
+write leaves the previous checkpoint as the latest complete one; temporary directories
+are ignored by `latest_checkpoint` and cleaned up by the next save.
+
+Layout of `<run_dir>/checkpoints/step-000010/`:
+    planner/            full model (model.safetensors + config.json) or LoRA adapter (peft format)
+    optimizer.pt        optimizer state
+    rng-<rank>.pt       python / numpy / torch RNG states of each process
+    trainer_state.json  step, config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+_PREFIX = "step-"
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"{_PREFIX}{step:06d}"
+
+
+def latest_checkpoint(path: str | Path) -> Path | None:
+    """`path` itself if it is a checkpoint, else the newest complete checkpoint of the run dir."""
+    path = Path(path)
+    if (path / "trainer_state.json").is_file():
+        return path
+    root = path / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "trainer_state.json").is_file())
+    return done[-1] if done else None
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_planner(model: torch.nn.Module, target: Path, tokenizer: Any = None) -> None:
+    """The trained weights: a peft adapter directory with LoRA, else a loadable HF model dir."""
+    if is_peft(model):
+        model.save_pretrained(target)
+        return
+    from safetensors.torch import save_model
+
+    target.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(target / "model.safetensors"), metadata={"format": "pt"})  # handles tied weights
+    model.config.save_pretrained(target)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
+
+
+def load_planner(model: torch.nn.Module, source: Path) -> None:
+    """Load weights written by `save_planner` into `model` in place."""
+    if is_peft(model):
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_peft_weights(str(source), device="cpu"))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"adapter at {source} has keys the model lacks: {result.unexpected_keys[:5]}")
+        return
+    from safetensors.torch import load_model
+
+    load_model(model, str(source / "model.safetensors"))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    tokenizer: Any = None,
+    keep: int = 2,
+    rank: int = 0,
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Write checkpoint `step` atomically; every process calls this (each saves its RNG).
+
+    The temporary directory's name is a function of the step, so all processes agree on
+    it without communicating; `barrier` orders the main process's rename after them.
+    """
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.parent / f"{_TMP_PREFIX}{final.name}"
+    if is_main:
+        for stale in final.parent.glob(f"{_TMP_PREFIX}*") if final.parent.exists() else ():
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed save
+        tmp.mkdir(parents=True)
+    barrier()
+    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+    barrier()
+    if is_main:
+        save_planner(model, tmp / "planner", tokenizer)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        # written last: its presence is what marks a checkpoint directory complete
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": config}, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step (a resumed run interrupted at once)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(final.parent, keep)
+    barrier()
+    return final
+
+
+def load_checkpoint(
+    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, rank: int = 0
+) -> dict[str, Any]:
+    """Restore weights, optimizer and this process's RNG; returns trainer_state.json."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    load_planner(model, path / "planner")
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    rng_file = path / f"rng-{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return state
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents before the rename, so a power loss cannot publish empty files."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.iterdir() if p.name.startswith(_PREFIX))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

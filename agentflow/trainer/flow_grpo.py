@@ -1,0 +1,574 @@
+"""Flow-GRPO: train the planner of a live AgentFlow graph from outcome rewards.
+
+One training step (`FlowGRPOTrainer.step`), in the order of the paper (DESIGN.md §2):
+
+1. Rollout. For each of Q queries run the compiled graph G times with the current
+   planner weights (on-policy), all runs concurrently in one `graph.batch`. The planner
+   node's generations are recorded from the run itself (`rollout.PlannerRecorder`):
+   per planner turn t of run i, the prompt ids, the sampled completion ids and their
+   sampling log-probs log pi_old(y_k | x, y_<k).
+2. Reward. R_i = reward_fn(final_state_i, item) in {0, 1}; a run that raised gets 0.
+3. Advantage, once per run, over the group:                                    (Eq. A)
+       A_i = (R_i - mean_j R_j) / (std_j R_j + eps)
+   then broadcast to every planner turn of run i (every token of those turns).
+   Normalising per run (not over all turns, as the published trainer did) keeps a run
+   with many turns from dominating the group statistics.
+4. Update. Per completion token k of a planner turn, with rho_k = exp(logp_k - logp_old_k):
+       L_clip_k = min(rho_k * A, clip(rho_k, 1 - eps_low, 1 + eps_high) * A)   (Eq. clipped surrogate)
+       KL_k     = exp(ref_k - logp_k) - (ref_k - logp_k) - 1                      (Eq. k3 estimator)
+       loss     = sum_k w_k * (-L_clip_k + beta * KL_k)                          (Eq. objective)
+   where the weights w_k implement the loss aggregation (token/sample/run mean).
+   log-probs are computed with the sampling temperature: log softmax(logits / T).
+
+Weight sync design: the policy `LocalChatModel`'s engine decodes with `engine.model`,
+and that module IS the one the optimizer updates (fp32 master weights; with LoRA the
+engine holds the peft-wrapped model, so the adapter is live in generation without
+merging). Rollout and update never overlap (each step rolls out, then updates), so after
+`optimizer.step()` the next rollout already samples from the new weights: there is no
+copy to push and nothing to get stale. The price is fp32 decoding of the policy (the
+frozen modules may use a bf16 copy); the rollout/update dtypes are logged per step.
+
+Distributed (`accelerate launch`): each process rolls out its shard of the step's
+queries (whole groups, so advantages need no communication), computes its gradient,
+and gradients are averaged with one all-reduce per optimizer step. We all-reduce the
+gradients ourselves instead of wrapping the model in DDP because the number of planner
+turns (hence micro-batches) differs between processes: DDP all-reduces on every
+backward and would deadlock on unequal counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+
+from agentflow.models import GenerationEngine, LocalChatModel
+from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agentflow.trainer.config import FlowGRPOConfig
+from agentflow.trainer.metrics import MetricsLogger
+from agentflow.trainer.rollout import RewardFn, RunResult, collect_rollouts
+
+# ---------------------------------------------------------------------------------------
+# The math, as plain functions (unit-tested against hand-computed values)
+# ---------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: Sequence[float], eps: float = 1e-6) -> list[float]:
+    """Eq. A: A_i = (R_i - mean R) / (std R + eps) over the G runs of one group.
+
+    std is the unbiased sample std (as TRL and verl compute it). One value per RUN; the
+    caller broadcasts it to the run's planner turns.
+    """
+    r = torch.tensor(rewards, dtype=torch.float64)
+    std = r.std() if len(r) > 1 else torch.tensor(0.0, dtype=torch.float64)
+    return ((r - r.mean()) / (std + eps)).tolist()
+
+
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. clipped surrogate, per token: min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A).
+
+    Returns the surrogate (to maximise) and a mask of tokens where clipping is active
+    (the clipped branch is the smaller one, so the token's gradient is zero).
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
+    return torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Eq. k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+def aggregation_weights(lengths: Sequence[int], run_ids: Sequence[Any], aggregation: str) -> list[float]:
+    """The per-token weight of each sample, so that loss = sum over tokens of w * l_token.
+
+    token_mean:  w = 1 / (all tokens)                         every token weighs the same
+    sample_mean: w = 1 / (len_i * n_samples)                  every planner turn weighs the same
+    run_mean:    w = 1 / (tokens of run(i) * n_runs)          every run weighs the same
+    Weights over a whole (mini-)batch are fixed before it is split into micro-batches,
+    so gradient accumulation gives exactly the loss of the full batch.
+    """
+    if aggregation == "token_mean":
+        total = sum(lengths)
+        return [1.0 / total] * len(lengths)
+    if aggregation == "sample_mean":
+        return [1.0 / (n * len(lengths)) for n in lengths]
+    if aggregation == "run_mean":
+        per_run: Counter = Counter()
+        for n, run in zip(lengths, run_ids):
+            per_run[run] += n
+        return [1.0 / (per_run[run] * len(per_run)) for run in run_ids]
+    raise ValueError(f"unknown loss aggregation {aggregation!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Samples and log-probs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One planner turn to train on, with its run's advantage."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    old_logprobs: list[float]
+    temperature: float
+    advantage: float
+    run_id: tuple[int, int]  # (query index, run index in group): for run_mean
+    weight: float = 0.0  # per-token loss weight (aggregation), set per mini-batch
+
+
+def build_samples(groups: Sequence[Sequence[RunResult]], config: FlowGRPOConfig) -> tuple[list[Sample], dict[str, float]]:
+    """Advantages per run (Eq. A), broadcast to each planner turn; zero-variance policy applied."""
+    samples: list[Sample] = []
+    advantages: list[float] = []
+    zero_variance = 0
+    for q, group in enumerate(groups):
+        rewards = [run.reward for run in group]
+        if max(rewards) == min(rewards):
+            zero_variance += 1
+            if config.zero_variance_groups == "skip":
+                continue
+        for i, (run, adv) in enumerate(zip(group, group_advantages(rewards, config.advantage_eps))):
+            advantages.append(adv)
+            for turn in run.turns:
+                if turn.completion_ids:
+                    samples.append(Sample(turn.prompt_ids, turn.completion_ids, turn.logprobs, turn.temperature, adv, (q, i)))
+    stats = {
+        "zero_variance_groups": zero_variance,
+        "advantage_mean": float(np.mean(advantages)) if advantages else 0.0,
+        "advantage_std": float(np.std(advantages)) if advantages else 0.0,
+        "advantage_abs_max": float(np.max(np.abs(advantages))) if advantages else 0.0,
+    }
+    return samples, stats
+
+
+def _pad(samples: Sequence[Sample], device: torch.device) -> dict[str, torch.Tensor]:
+    """Layout [left pad | prompt | completion | right pad]: every completion starts at the
+    same column P, so the logits of all completion tokens are the last C+1 positions."""
+    width_p = max(len(s.prompt_ids) for s in samples)
+    width_c = max(len(s.completion_ids) for s in samples)
+    n = len(samples)
+    ids = torch.zeros((n, width_p + width_c), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    completion = torch.zeros((n, width_c), dtype=torch.long)
+    old = torch.zeros((n, width_c))
+    tmask = torch.zeros((n, width_c))
+    for row, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        ids[row, width_p - p : width_p] = torch.tensor(s.prompt_ids)
+        ids[row, width_p : width_p + c] = torch.tensor(s.completion_ids)
+        mask[row, width_p - p : width_p + c] = 1
+        completion[row, :c] = torch.tensor(s.completion_ids)
+        old[row, :c] = torch.tensor(s.old_logprobs)
+        tmask[row, :c] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as the engine numbers left-padded rows
+    batch = {
+        "input_ids": ids, "attention_mask": mask, "position_ids": positions, "completion_ids": completion,
+        "old_logprobs": old, "token_mask": tmask,
+        "temperature": torch.tensor([s.temperature for s in samples]),
+        "advantage": torch.tensor([s.advantage for s in samples]),
+        "weight": torch.tensor([s.weight for s in samples]),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def completion_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) of each completion token, logits only at completion positions.
+
+    `logits_to_keep` makes the LM head run on C+1 positions instead of the whole
+    sequence (vocab 49,152: the full-sequence logits would dominate time and memory).
+    """
+    width_c = batch["completion_ids"].shape[1]
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=width_c + 1,
+        use_cache=False,
+    ).logits[:, :-1, :]
+    logp_all = F.log_softmax(logits.float() / batch["temperature"][:, None, None], dim=-1)
+    logp = logp_all.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+
+
+class FlowGRPOTrainer:
+    """Trains the planner's `LocalChatModel` inside a compiled AgentFlow graph.
+
+    `graph` must have been built with `policy` as its planner model. `ref_model` is the
+    KL reference for full fine-tuning (a frozen bf16 copy is made when omitted and
+    beta > 0); with LoRA the reference is the same model with the adapter disabled.
+    `frozen_engines` are the other modules' engines, reseeded each step with the policy's
+    so a step's sampling is a function of (seed, step, rank) and a resumed run samples
+    exactly as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        config: FlowGRPOConfig,
+        graph: Any,
+        policy: LocalChatModel,
+        reward_fn: RewardFn,
+        train_dataset: Any,
+        eval_dataset: Any = None,
+        *,
+        ref_model: torch.nn.Module | None = None,
+        frozen_engines: Sequence[GenerationEngine] = (),
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.config = config
+        self.graph = graph
+        self.policy = policy
+        self.reward_fn = reward_fn
+        self.train_items = [dict(row) for row in train_dataset]
+        self.eval_items = [dict(row) for row in eval_dataset] if eval_dataset is not None else []
+        self.engines = [policy.engine, *frozen_engines]
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if config.queries_per_step < self.world:
+            raise ValueError(f"queries_per_step={config.queries_per_step} < {self.world} processes")
+        if len(self.train_items) < config.queries_per_step:
+            raise ValueError(f"the dataset has {len(self.train_items)} items, fewer than queries_per_step")
+        _seed_everything(config.seed + self.rank)
+
+        model = policy.engine.model
+        if config.lora and not hasattr(model, "peft_config"):
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+            policy.engine.model = model  # the engine now decodes with the adapter live
+        self.model = model.to(self.accelerator.device)
+        self.model.eval()
+        self.is_lora = hasattr(model, "peft_config")
+        self.ref_model = None
+        if config.beta > 0 and not self.is_lora:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model).to(torch.bfloat16)
+            self.ref_model.requires_grad_(False).eval()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.autocast = config.bf16_autocast and _bf16_supported(self.accelerator.device)
+
+        self.steps_per_epoch = len(self.train_items) // config.queries_per_step
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.step_done = 0
+        self.run_dir = self._make_run_dir()
+        self.logger = MetricsLogger(self.run_dir, config.tensorboard) if self.is_main else None
+        if config.resume_from:
+            self._resume(Path(config.resume_from))
+
+    # -- bookkeeping -----------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _make_run_dir(self) -> Path:
+        """Resuming continues the checkpoint's own run dir; all processes agree on the name."""
+        if self.config.resume_from:
+            ckpt = latest_checkpoint(self.config.resume_from)
+            if ckpt is None:
+                raise FileNotFoundError(f"resume_from={self.config.resume_from!r}: no complete checkpoint there")
+            return ckpt.parent.parent
+        name = [self.config.run_name or f"flow_grpo-{time.strftime('%Y%m%d-%H%M%S')}"]
+        if self.world > 1:
+            broadcast_object_list(name)
+        run_dir = Path(self.config.output_dir) / name[0]
+        if self.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(_yaml(self.config.to_dict()))
+        return run_dir
+
+    def _resume(self, path: Path) -> None:
+        ckpt = latest_checkpoint(path)
+        state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, rank=self.rank)
+        self.step_done = int(state["step"])
+        if self.logger is not None:
+            self.logger.truncate_after(self.step_done)
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir, self.step_done, model=self.model, optimizer=self.optimizer,
+            config=self.config.to_dict(), tokenizer=self.policy.tokenizer, keep=self.config.keep_checkpoints,
+            rank=self.rank, is_main=self.is_main, barrier=self.accelerator.wait_for_everyone,
+        )
+
+    def _step_items(self, step: int) -> list[dict[str, Any]]:
+        """Queries of `step` (1-based): a fixed permutation per epoch, so data order is a
+        function of (seed, step) and a resumed run sees the same queries; then this
+        process's shard (whole queries, hence whole groups)."""
+        q = self.config.queries_per_step
+        epoch, index = divmod(step - 1, self.steps_per_epoch)
+        order = np.random.default_rng(self.config.seed + epoch).permutation(len(self.train_items))
+        chosen = order[index * q : (index + 1) * q]
+        return [self.train_items[i] for i in chosen[self.rank :: self.world]]
+
+    # -- training loop -------------------------------------------------------------------
+    def train(self) -> Path:
+        """Run until `total_steps`; Ctrl-C saves a checkpoint of the last finished step, then re-raises."""
+        last_saved = self.step_done
+        try:
+            while self.step_done < self.total_steps:
+                metrics = self.step(self.step_done + 1)
+                self.step_done += 1
+                if self.config.eval_every and self.eval_items and self.step_done % self.config.eval_every == 0:
+                    metrics.update(self.evaluate())
+                if self.logger is not None and (self.step_done % self.config.log_every == 0 or self.step_done == self.total_steps):
+                    self.logger.log(metrics)
+                if self.step_done % self.config.save_every == 0 or self.step_done == self.total_steps:
+                    self.save()
+                    last_saved = self.step_done
+        except KeyboardInterrupt:
+            if self.step_done > last_saved:
+                self.save()
+            raise
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+        return self.run_dir
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One Flow-GRPO step: rollout -> rewards -> per-run advantages -> clipped update."""
+        cfg = self.config
+        for k, engine in enumerate(self.engines):
+            engine.reseed(hash((cfg.seed, step, self.rank, k)) & (2**62 - 1))
+        items = self._step_items(step)
+        tokens_before = sum(e.tokens for e in self.engines)
+        start = time.perf_counter()
+        groups = collect_rollouts(
+            self.graph, items, cfg.group_size, self.reward_fn, node=cfg.planner_node,
+            max_concurrency=cfg.max_concurrency, max_turns=cfg.max_turns, max_seconds=cfg.run_timeout_s,
+        )
+        rollout_time = time.perf_counter() - start
+        generated = sum(e.tokens for e in self.engines) - tokens_before
+        samples, adv_stats = build_samples(groups, cfg)
+        start = time.perf_counter()
+        update = self.update(samples)
+        update_time = time.perf_counter() - start
+        return self._metrics(step, groups, adv_stats, update, rollout_time, update_time, generated)
+
+    def update(self, samples: list[Sample]) -> dict[str, float]:
+        """`mini_batches` optimizer steps over the samples; micro-batches accumulate gradients.
+
+        A non-finite loss or gradient on any process skips that optimizer step on all of
+        them (gradients dropped, counted as `skipped_updates`); training goes on.
+        """
+        cfg = self.config
+        random.Random(hash((cfg.seed, self.step_done, self.rank))).shuffle(samples)
+        chunks = [samples[i :: cfg.mini_batches] for i in range(cfg.mini_batches)]
+        totals: Counter = Counter()
+        self.model.train()
+        try:
+            for chunk in chunks:
+                totals.update(self._optimizer_step(chunk))
+        finally:
+            self.model.eval()
+        tokens = max(totals.pop("tokens", 0.0), 1.0)
+        stats = {k: v / tokens for k, v in totals.items() if k in ("kl", "clipped", "entropy", "ratio")}
+        stats.update({k: totals[k] for k in ("skipped_updates", "optimizer_steps", "trained_samples")})
+        if totals["optimizer_steps"]:
+            stats["loss"] = totals["loss"] / totals["optimizer_steps"]
+            stats["grad_norm"] = totals["grad_norm"] / totals["optimizer_steps"]
+        stats["trained_tokens"] = totals["trained_tokens"]
+        return stats
+
+    def _optimizer_step(self, samples: list[Sample]) -> Counter:
+        cfg = self.config
+        out: Counter = Counter()
+        count = torch.tensor([float(len(samples))])
+        if self.world > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        if count.item() == 0:  # every group skipped on every process: nothing to learn from
+            return out
+        if samples:  # a process may hold no samples while others do; it still joins the all-reduce
+            lengths = [len(s.completion_ids) for s in samples]
+            for s, w in zip(samples, aggregation_weights(lengths, [s.run_id for s in samples], cfg.loss_aggregation)):
+                s.weight = w
+        self.optimizer.zero_grad(set_to_none=False)
+        loss_sum, finite = 0.0, True
+        for micro in _chunks(samples, cfg.micro_batch_size):
+            batch = _pad(micro, self.accelerator.device)
+            with self._autocast():
+                logp, entropy = completion_logprobs(self.model, batch, with_entropy=True)
+            mask = batch["token_mask"]
+            surrogate, clipped = clipped_surrogate(logp, batch["old_logprobs"], batch["advantage"][:, None], cfg.clip_eps_low, cfg.clip_eps_high)
+            per_token = -surrogate
+            kl = torch.zeros_like(logp)
+            if cfg.beta > 0:
+                kl = k3_kl(logp, self._reference_logprobs(batch))
+                per_token = per_token + cfg.beta * kl
+            loss = (per_token * mask * batch["weight"][:, None]).sum()
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            loss.backward()
+            loss_sum += loss.item()
+            n = mask.sum().item()
+            out["tokens"] += n
+            out["trained_tokens"] += batch["attention_mask"].sum().item()
+            out["kl"] += (kl.detach() * mask).sum().item()
+            out["clipped"] += (clipped.float() * mask).sum().item()
+            out["entropy"] += (entropy * mask).sum().item()
+            out["ratio"] += (torch.exp(logp.detach() - batch["old_logprobs"]) * mask).sum().item()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flags = torch.tensor([0.0 if finite else 1.0])
+        if self.world > 1:
+            for p in params:  # mean gradient over processes (see the module docstring)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(self.accelerator.reduce(p.grad, reduction="mean"))
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if flags.item() == 0 else torch.tensor(float("nan"))
+        if flags.item() > 0 or not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=False)
+            out["skipped_updates"] += 1
+            return out
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        out.update({"optimizer_steps": 1, "loss": loss_sum, "grad_norm": float(grad_norm), "trained_samples": len(samples)})
+        return out
+
+    def _reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log pi_ref of the completion tokens: adapter disabled (LoRA) or the frozen copy."""
+        with torch.no_grad():
+            if self.is_lora:
+                with self.model.disable_adapter(), self._autocast():
+                    return completion_logprobs(self.model, batch)[0]
+            return completion_logprobs(self.ref_model, batch)[0]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
+
+    # -- evaluation and metrics -------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy of the current planner on the eval items (sharded across processes)."""
+        items = self.eval_items[self.rank :: self.world]
+        temperature, self.policy.temperature = self.policy.temperature, 0.0
+        try:
+            groups = collect_rollouts(self.graph, items, 1, self.reward_fn, node=self.config.planner_node,
+                                      max_concurrency=self.config.max_concurrency, max_turns=self.config.max_turns,
+                                      max_seconds=self.config.run_timeout_s)
+        finally:
+            self.policy.temperature = temperature
+        rewards = [r for part in _gather([g[0].reward for g in groups], self.world) for r in part]
+        return {"eval_accuracy": float(np.mean(rewards)) if rewards else float("nan"), "eval_items": len(rewards)}
+
+    def _metrics(
+        self, step: int, groups: list[list[RunResult]], adv: dict[str, float], update: dict[str, float],
+        rollout_time: float, update_time: float, generated: int,
+    ) -> dict[str, Any]:
+        runs = [
+            {"reward": r.reward, "failed": r.failed, "turns": r.n_turns, "tool_errors": r.tool_errors, "tools": dict(r.tools)}
+            for group in groups for r in group
+        ]
+        parts = _gather([runs, adv, update, generated], self.world)
+        runs = [r for part in parts for r in part[0]]
+        rewards = np.array([r["reward"] for r in runs], dtype=float)
+        tools: Counter = Counter()
+        for r in runs:
+            tools.update(r["tools"])
+        calls = sum(tools.values())
+        turns = sum(r["turns"] for r in runs)
+        metrics: dict[str, Any] = {
+            "step": step,
+            "epoch": (step - 1) // self.steps_per_epoch,
+            "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
+            "reward_std": float(rewards.std()) if len(rewards) else 0.0,
+            "accuracy": float((rewards >= 1.0).mean()) if len(rewards) else 0.0,
+            "runs": len(runs),
+            "failed_runs": sum(r["failed"] for r in runs),
+            "turns_per_run": turns / max(len(runs), 1),
+            "tool_error_rate": sum(r["tool_errors"] for r in runs) / max(turns, 1),
+            **{f"tool_usage/{name}": n / calls for name, n in sorted(tools.items())},
+        }
+        metrics["zero_variance_groups"] = sum(p[1]["zero_variance_groups"] for p in parts)
+        for key in ("advantage_mean", "advantage_std", "advantage_abs_max"):
+            metrics[key] = float(np.mean([p[1][key] for p in parts]))
+        for key in ("kl", "clipped", "entropy", "ratio", "loss", "grad_norm"):
+            values = [p[2][key] for p in parts if key in p[2]]
+            metrics[{"clipped": "clip_fraction", "ratio": "ratio_mean"}.get(key, key)] = float(np.mean(values)) if values else None
+        for key in ("skipped_updates", "optimizer_steps", "trained_samples"):
+            metrics[key] = update.get(key, 0)
+        metrics.update({
+            "rollout_time_s": rollout_time,
+            "update_time_s": update_time,
+            "rollout_tokens_per_s": sum(p[3] for p in parts) / max(rollout_time, 1e-9),
+            "update_tokens_per_s": update.get("trained_tokens", 0) / max(update_time, 1e-9),
+            "rollout_dtype": str(self.model.dtype).removeprefix("torch."),
+            "update_dtype": "bfloat16-autocast" if self.autocast else str(self.model.dtype).removeprefix("torch."),
+            "reference": "adapter-disabled" if self.is_lora else ("frozen-copy" if self.ref_model is not None else "none"),
+            "processes": self.world,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        })
+        return metrics
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    """`obj` of every process, in rank order (just `[obj]` when not distributed)."""
+    return list(gather_object([obj])) if world > 1 else [obj]
+
+
+def _chunks(items: list[Sample], size: int) -> Iterator[list[Sample]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+__all__ = [
+    "FlowGRPOTrainer",
+    "Sample",
+    "aggregation_weights",
+    "build_samples",
+    "clipped_surrogate",
+    "completion_logprobs",
+    "group_advantages",
+    "k3_kl",
+]

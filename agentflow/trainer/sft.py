@@ -1,0 +1,105 @@
+"""The offline SFT ablation: fine-tune the planner on its own successful turns.
+
+Roll out the graph (same models, tools, reward as Flow-GRPO), keep the planner turns of
+runs with reward 1, and train on them with TRL's `SFTTrainer`, loss on the planner's
+completion only. The dataset is pre-tokenised (`input_ids` = the exact prompt ids plus
+the exact sampled completion ids, `completion_mask` marking the completion), which TRL
+1.16 turns into labels with -100 on the prompt when `completion_only_loss=True`; the
+text is never re-tokenised, so SFT and Flow-GRPO train on the very same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentflow.trainer.build import build_graph_and_models, load_datasets, make_reward
+from agentflow.trainer.checkpoint import save_planner
+from agentflow.trainer.config import FlowGRPOConfig
+from agentflow.trainer.rollout import collect_rollouts
+
+
+def collect_successful_turns(config: FlowGRPOConfig, graph: Any, reward_fn: Any, items: list[dict]) -> tuple[list[dict], dict]:
+    """Planner turns of runs with reward >= 1 (duplicates dropped), and collection stats."""
+    turns: dict[tuple, dict] = {}
+    runs = successes = 0
+    for start in range(0, len(items), config.queries_per_step):
+        chunk = items[start : start + config.queries_per_step]
+        groups = collect_rollouts(graph, chunk, config.group_size, reward_fn, node=config.planner_node,
+                                  max_concurrency=config.max_concurrency, max_turns=config.max_turns,
+                                  max_seconds=config.run_timeout_s)
+        for group in groups:
+            for run in group:
+                runs += 1
+                if run.reward < 1.0:
+                    continue
+                successes += 1
+                for turn in run.turns:
+                    key = (tuple(turn.prompt_ids), tuple(turn.completion_ids))
+                    turns.setdefault(key, {"prompt_ids": turn.prompt_ids, "completion_ids": turn.completion_ids,
+                                           "pid": run.item.get("pid")})
+    return list(turns.values()), {"runs": runs, "successful_runs": successes, "turns": len(turns)}
+
+
+def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig) -> Path:
+    """Collect successful planner turns, SFT the planner on them; returns the run directory.
+
+    Uses the Flow-GRPO config: `sft_queries` queries x `group_size` runs are collected,
+    then `sft_epochs` epochs at `learning_rate`, `micro_batch_size` per device, LoRA if
+    `lora`. Writes `sft_data.jsonl` (ids and decoded text, for inspection), `sft_stats.json`
+    and the tuned weights in `planner/`.
+    """
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+    from datasets import Dataset
+
+    config = FlowGRPOConfig.load(path_or_config)
+    run_dir = Path(config.output_dir) / (config.run_name or f"sft-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    train, _ = load_datasets(config)
+    graph, policy, _ = build_graph_and_models(config)
+    order = np.random.default_rng(config.seed).permutation(len(train))[: config.sft_queries]
+    items = [dict(train[int(i)]) for i in order]
+    turns, stats = collect_successful_turns(config, graph, make_reward(config.reward), items)
+    tokenizer = policy.tokenizer
+    with (run_dir / "sft_data.jsonl").open("w", encoding="utf-8") as f:
+        for t in turns:
+            text = {"prompt": tokenizer.decode(t["prompt_ids"]), "completion": tokenizer.decode(t["completion_ids"])}
+            f.write(json.dumps({**t, **text}) + "\n")
+    if not turns:
+        (run_dir / "sft_stats.json").write_text(json.dumps(stats, indent=2))
+        raise RuntimeError(f"no successful run among {stats['runs']}: nothing to fine-tune on (see {run_dir})")
+    dataset = Dataset.from_list([
+        {"input_ids": t["prompt_ids"] + t["completion_ids"],
+         "completion_mask": [0] * len(t["prompt_ids"]) + [1] * len(t["completion_ids"])}
+        for t in turns
+    ])
+    args = SFTConfig(
+        output_dir=str(run_dir / "sft"),
+        num_train_epochs=config.sft_epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.micro_batch_size,
+        completion_only_loss=True,
+        max_length=None,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=config.bf16_autocast,
+    )
+    peft_config = (LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM") if config.lora else None)
+    trainer = SFTTrainer(model=policy.engine.model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    result = trainer.train()
+    stats["train_loss"] = result.training_loss
+    save_planner(trainer.model, run_dir / "planner", tokenizer)
+    (run_dir / "sft_stats.json").write_text(json.dumps(stats, indent=2))
+    return run_dir
