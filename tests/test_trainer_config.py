@@ -41,3 +41,18 @@ def test_bad_config_names_the_field(tmp_path, data, field):
 
 def test_yaml_ints_are_accepted_as_floats():
     assert FlowGRPOConfig.from_dict({"learning_rate": 1, "beta": 0}).learning_rate == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"dataset": "no-such-benchmark"}, "dataset"),
+        ({"dataset": "/nonexistent/train.jsonl"}, "dataset"),
+        ({"reward": "no-such-scorer"}, "reward"),
+    ],
+)
+def test_bad_data_or_reward_fails_before_loading_a_model(data, field):
+    from agentflow.trainer import build_trainer
+
+    with pytest.raises(ConfigError, match=field):
+        build_trainer({"model": "no/such-model", **data})  # loading this model would fail differently

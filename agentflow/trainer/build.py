@@ -20,7 +20,7 @@ from agentflow.evals.datasets import load_benchmark, with_answer_instruction
 from agentflow.evals.scoring import score
 from agentflow.graph import build_agentflow
 from agentflow.models import GenerationEngine, LocalChatModel, load_model, resolve_model_path, tiny_model
-from agentflow.trainer.config import TINY_MODEL, FlowGRPOConfig
+from agentflow.trainer.config import TINY_MODEL, ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
 from agentflow.trainer.rollout import RewardFn
 
@@ -88,8 +88,15 @@ def build_trainer(
     """Everything `train_from_config` builds, without training (tests swap the reward)."""
     config = FlowGRPOConfig.load(path_or_config)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    reward_fn = reward_fn or make_reward(config.reward)
-    train, evals = load_datasets(config)
+    # Bad names and files fail here, before any model is loaded, naming the field.
+    try:
+        reward_fn = reward_fn or make_reward(config.reward)
+    except ValueError as exc:
+        raise ConfigError(f"'reward': {exc}") from exc
+    try:
+        train, evals = load_datasets(config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"'dataset' / 'eval_dataset': {exc}") from exc
     graph, policy, frozen = build_graph_and_models(config, accelerator.device)
     return FlowGRPOTrainer(
         config, graph, policy, reward_fn, train, evals,
