@@ -94,3 +94,36 @@ def test_engine_errors_reach_the_caller(engine):
     with pytest.raises(Exception):
         engine.generate([10**9], SamplingParams(max_new_tokens=2))  # token id outside the vocabulary
     assert engine.generate([5, 6, 7], SamplingParams(max_new_tokens=2)).completion_ids  # still serving
+
+
+def test_requests_joining_mid_flight_match_one_at_a_time(engine, tokenizer):
+    """Continuous batching: a request admitted while others decode gets the same ids and log-probs."""
+    prompts = _prompts(tokenizer, 6)
+    params = [SamplingParams(max_new_tokens=4 + 5 * i, temperature=0.7 * (i % 2), seed=i) for i in range(6)]
+    alone = [engine.generate(p, s) for p, s in zip(prompts, params)]
+    futures = []
+    for p, s in zip(prompts, params):
+        futures.append(engine.submit(p, s))
+        futures[-1].result() if len(futures) == 2 else None  # later ones join a running batch
+    for a, f in zip(alone, futures):
+        b = f.result()
+        assert a.completion_ids == b.completion_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_token_budget_and_prefix_sharing_keep_outputs(tokenizer, share_prefix):
+    model = tiny_model(vocab_size=len(tokenizer))
+    small = GenerationEngine(model, tokenizer, seed=0, max_tokens_in_flight=160,
+                             share_prefix=share_prefix, share_prefix_min=8)
+    free = GenerationEngine(model, tokenizer, seed=0)
+    shared = tokenizer.encode("A long shared system prompt with tool cards and the question. " * 2)
+    prompts = [shared + tokenizer.encode(f" variant {i}" * (i + 1)) for i in range(5)]
+    params = SamplingParams(max_new_tokens=10)
+    expected = [free.generate(p, params) for p in prompts]
+    got = [f.result() for f in [small.submit(p, params) for p in prompts]]  # do not all fit at once: some wait
+    for a, b in zip(expected, got):
+        assert a.completion_ids == b.completion_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    with pytest.raises(RequestTooLarge, match="max_tokens_in_flight"):
+        small.submit([1] * 150, SamplingParams(max_new_tokens=20))

@@ -1,12 +1,13 @@
 """The local model layer: loading (incl. the embedded default), batched engine, chat model."""
 
 from agentflow.models.chat import LocalChatModel
-from agentflow.models.engine import Generation, GenerationEngine, RequestTooLarge, SamplingParams
+from agentflow.models.engine import Generation, GenerationBackend, GenerationEngine, RequestTooLarge, SamplingParams
 from agentflow.models.loading import DEFAULT_MODEL, cache_dir, load_model, resolve_model_path, tiny_model
 
 __all__ = [
     "DEFAULT_MODEL",
     "Generation",
+    "GenerationBackend",
     "GenerationEngine",
     "LocalChatModel",
     "RequestTooLarge",

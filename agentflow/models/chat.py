@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
-from agentflow.models.engine import GenerationEngine, SamplingParams
+from agentflow.models.engine import GenerationBackend, GenerationEngine, SamplingParams
 from agentflow.models.loading import DEFAULT_MODEL, load_model
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
@@ -35,7 +35,9 @@ class LocalChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    engine: GenerationEngine
+    # The local `GenerationEngine` (CPU, continuous batching) or any `GenerationBackend`,
+    # e.g. `agentflow.models.vllm_backend.VLLMBackend` on a GPU machine.
+    engine: GenerationBackend
     # The graph's nodes start a reply only for models that continue a trailing AIMessage.
     continues_final_message: bool = True
     model_name: str = DEFAULT_MODEL

@@ -1,33 +1,69 @@
-"""A generation engine that decodes concurrent requests together.
+"""A generation engine that decodes concurrent requests together (continuous batching).
 
 Many graph runs are in flight at once (a Flow-GRPO group, an eval's concurrency), and
 each node call is one chat-model request. Decoding a 135M model on CPU is bound by
-per-step overhead, not arithmetic (DESIGN.md §4), so one forward pass for all active
-sequences costs about as much as a forward pass for one. The engine therefore owns the
-model, queues requests from any thread, and a single worker decodes them in batches.
+per-step overhead, not arithmetic (DESIGN.md §4): one forward pass for 8 or 32 active
+sequences costs little more than a forward pass for one. The engine therefore owns the
+model, queues requests from any thread, and a single worker runs one forward pass per
+decode step for every active sequence. New requests join *between decode steps* (they
+are prefilled and written into free slots of the running batch), finished ones leave at
+once: continuous batching, so a graph run's next node call never waits for a wave.
 
-Why our own loop rather than `model.generate`: we need, per request, the exact sampled
-token ids and their log-probs under the sampling distribution, a per-request RNG (so a
-request's sample does not depend on what it was batched with), and per-request stop
-conditions; `generate` gives one RNG and one stop rule per batch. transformers' own
-continuous batching (`generate_batch`) measured slower than plain `generate` on this
-CPU (DESIGN.md §4). The loop below is the textbook one: left-padded prefill, then one
-decode step per token with a KV cache, finished rows dropped from the batch.
+Why our own loop, not what transformers offers:
+
+* `model.generate` has one RNG and one stop rule per batch, and a batch is fixed for its
+  lifetime; we need, per request, the exact sampled ids with their log-probs under the
+  tempered distribution, a per-request RNG (a sample must not depend on what it was
+  batched with) and per-request stop/length limits, with requests joining mid-flight.
+* transformers' continuous batching (`generate_batch`, paged cache) measured slower than
+  plain `generate` here (DESIGN.md §4: 35 vs 144 tok/s at 32 requests, bf16; re-measured
+  by `benchmarks/rollout_throughput.py --compare-generate-batch`), and it reports no
+  per-token log-probs of the sampled tokens nor per-request RNGs.
+* `StaticCache` needs one cache position shared by the batch and re-allocates per
+  `generate`; `DynamicCache` concatenates every layer's keys/values on every step
+  (copying the whole cache per token) and `batch_select_indices` copies it again when a
+  row leaves.
+
+So the KV cache here is a *slot cache* (`_SlotCache`): per layer one preallocated
+`[slots, kv_heads, width, head_dim]` buffer. All active rows occupy slots `0..R-1` and
+share one write column: a decode step writes column `col` for every row with an indexed
+copy (no concatenation) and attention reads the window `[off, col]`, where `off` is the
+earliest column any live row uses. A new request is prefilled straight into a free slot,
+right-aligned so that its prompt ends at `col` (left padding masked out, positions given
+explicitly, so its numbers are those of an unpadded run). A finished row's slot is
+refilled by moving the last row into it (one row copied, not the whole cache). The
+buffers are re-laid out (one copy of the live window) only when a new prompt is longer
+than the columns to the left of `col`, or the right margin cannot hold the remaining
+tokens of every row, or more slots are needed.
+
+Prefix sharing: requests admitted together whose prompts share a long prefix (a group of
+runs of the same query: system prompt + tool cards + query) can prefill that prefix once
+and copy its keys/values into every member's slot (`share_prefix`). Whether it pays is
+measured by the benchmark; see `share_prefix_min`.
+
+Memory is bounded: at most `max_batch_size` rows, and the cache buffers never hold more
+than `max_tokens_in_flight` token slots (rows x width, padding included). A request that
+cannot fit alone raises `RequestTooLarge` at `submit`; one that does not fit next to the
+running rows waits for them to finish.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import inspect
 import queue
 import random
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicLayer
 
 
 @dataclass(frozen=True)
@@ -56,6 +92,20 @@ class Generation:
     finish_reason: str  # "stop" (eos or stop string) or "length"
 
 
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """What `LocalChatModel` needs from a generator: this engine, or `VLLMBackend`."""
+
+    tokenizer: object
+    tokens: int
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Future: ...
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation: ...
+
+    def reseed(self, seed: int) -> None: ...
+
+
 @dataclass
 class _Request:
     prompt_ids: list[int]
@@ -65,14 +115,67 @@ class _Request:
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
+    start: int = 0  # first buffer column this row uses
 
 
 class RequestTooLarge(ValueError):
     """A single request cannot fit the engine's token budget."""
 
 
+# -- the slot cache -------------------------------------------------------------------
+class _Window:
+    """Which part of the slot buffers a forward pass reads and writes."""
+
+    __slots__ = ("r0", "r1", "off", "col")
+
+    def __init__(self) -> None:
+        self.r0 = self.r1 = self.off = self.col = 0
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's keys/values in preallocated buffers; `update` writes, never concatenates."""
+
+    is_compileable = False
+
+    def __init__(self, window: _Window) -> None:
+        super().__init__()
+        self.window = window
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        w = self.window
+        end = w.col + key_states.shape[-2]
+        self.keys[w.r0 : w.r1, :, w.col : end] = key_states
+        self.values[w.r0 : w.r1, :, w.col : end] = value_states
+        return self.keys[w.r0 : w.r1, :, w.off : end], self.values[w.r0 : w.r1, :, w.off : end]
+
+    def get_seq_length(self) -> int:
+        return self.window.col - self.window.off
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self.window.col - self.window.off + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class _SlotCache(Cache):
+    def __init__(self, num_layers: int) -> None:
+        self.window = _Window()
+        super().__init__(layers=[_SlotLayer(self.window) for _ in range(num_layers)])
+
+    def allocate(self, slots: int, width: int, heads: int, head_dim: int, dtype, device) -> tuple[list, list]:
+        old = [(layer.keys, layer.values) for layer in self.layers]
+        for layer in self.layers:
+            # zeros, not empty: masked columns are multiplied by -inf-biased scores, and
+            # uninitialised memory could hold NaNs that survive the masking.
+            layer.keys = torch.zeros(slots, heads, width, head_dim, dtype=dtype, device=device)
+            layer.values = torch.zeros(slots, heads, width, head_dim, dtype=dtype, device=device)
+        return old
+
+
 class GenerationEngine:
-    """Owns a causal LM and decodes queued requests in batches on one worker thread."""
+    """Owns a causal LM and decodes queued requests with continuous batching on one worker thread."""
 
     def __init__(
         self,
@@ -81,12 +184,18 @@ class GenerationEngine:
         max_batch_size: int = 32,
         max_context: int = 4096,
         seed: int = 0,
+        max_tokens_in_flight: int = 32768,
+        share_prefix: bool = False,
+        share_prefix_min: int = 64,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_context = max_context
-        eos = model.generation_config.eos_token_id if model.generation_config else None
+        self.max_tokens_in_flight = max_tokens_in_flight
+        self.share_prefix = share_prefix
+        self.share_prefix_min = share_prefix_min
+        eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
@@ -94,22 +203,31 @@ class GenerationEngine:
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._worker: threading.Thread | None = None
-        # transformers 5.x renamed the cache argument `past_key_values` -> `cache`.
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_args: dict[int, str] = {}
         # Stop the worker before the interpreter tears torch down under it.
         ref = weakref.ref(self)
         atexit.register(lambda: (engine := ref()) is not None and engine.close())
         self.steps = 0  # decode forward passes, for benchmarks
         self.tokens = 0  # completion tokens produced
+        self.stats = collections.Counter()  # rows per step, prefill/decode/sample/relayout seconds
+        self._reset_state()
 
     # -- public API -------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Future:
         """Queue a request; the returned future resolves to a `Generation`."""
-        if len(prompt_ids) + params.max_new_tokens > self.max_context:
+        need = len(prompt_ids) + params.max_new_tokens
+        if need > self.max_context:
             raise RequestTooLarge(
                 f"prompt of {len(prompt_ids)} tokens + max_new_tokens={params.max_new_tokens} "
                 f"exceeds the engine's max_context={self.max_context}"
             )
+        if need > self.max_tokens_in_flight:
+            raise RequestTooLarge(
+                f"prompt of {len(prompt_ids)} tokens + max_new_tokens={params.max_new_tokens} "
+                f"exceeds the engine's max_tokens_in_flight={self.max_tokens_in_flight}"
+            )
+        if not prompt_ids:
+            raise ValueError("empty prompt")
         with self._lock:
             seed = params.seed if params.seed is not None else self._seeds.randrange(2**62)
             if self._worker is None or not self._worker.is_alive():
@@ -134,101 +252,344 @@ class GenerationEngine:
         with self._lock:
             self._seeds = random.Random(seed)
 
+    # -- worker state -----------------------------------------------------------
+    def _reset_state(self) -> None:
+        self._rows: list[_Request] = []
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._admitting: list[_Request] = []
+        self._cache: _SlotCache | None = None
+        self._slots = 0  # allocated rows
+        self._width = 0  # allocated columns
+        self._mask = self._pos = self._next = None
+
+    def _cache_arg(self, model) -> str:
+        # transformers 5.x renamed the cache argument `past_key_values` -> `cache`; a peft
+        # wrapper's forward takes **kwargs and passes either through.
+        key = id(model)
+        if key not in self._cache_args:
+            params = inspect.signature(model.forward).parameters
+            self._cache_args[key] = "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+            base = getattr(model, "get_base_model", None)
+            if base is not None:
+                self._cache_args[key] = self._cache_arg(base())
+        return self._cache_args[key]
+
+    def _forward(self, ids, mask, positions, logits_to_keep: int = 1):
+        model = self.model
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **{self._cache_arg(model): self._cache},
+        )
+        return out.logits[:, -1, :]
+
     # -- worker -----------------------------------------------------------------
     def _serve(self) -> None:
+        closing = False
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch_size:
+            # Gather: block while idle (then give concurrent callers 5 ms to join),
+            # otherwise only take what is already queued.
+            if not self._rows and not self._pending:
+                if closing:
+                    return
+                item = self._queue.get()
+                if item is None:
+                    return
+                self._pending.append(item)
+                deadline = time.monotonic() + 0.005
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        item = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        closing = True
+                        break
+                    self._pending.append(item)
+            while True:
                 try:
-                    request = self._queue.get(timeout=0.005)
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if request is None:  # close(): serve what we hold, then exit
-                    self._queue.put(None)
-                    break
-                batch.append(request)
+                if item is None:
+                    closing = True
+                else:
+                    self._pending.append(item)
+            self._admitting = []
             try:
                 with torch.inference_mode():
-                    self._decode(batch)
+                    if self._pending and len(self._rows) < self.max_batch_size:
+                        self._admit()
+                    self._retire()
+                    if self._rows:
+                        self._step()
+                        self._retire()
             except BaseException as exc:  # surface the error to every waiting caller
-                for req in batch:
+                for req in self._rows + self._admitting:
                     if not req.future.done():
                         req.future.set_exception(exc)
+                pending = self._pending
+                self._reset_state()
+                self._pending = pending
 
-    def _decode(self, batch: list[_Request]) -> None:
-        device = self.model.device
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, req in enumerate(batch):
-            ids[row, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
-            mask[row, width - len(req.prompt_ids) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
-        ).logits[:, -1, :]
-        active = list(batch)
-        last_pos = positions[:, -1]
-        while active:
-            next_tokens = self._sample(active, logits)
-            keep = [i for i, req in enumerate(active) if req.finish_reason is None]
-            for req in active:
-                if req.finish_reason is not None:
-                    req.future.set_result(
-                        Generation(req.prompt_ids, req.completion_ids, req.logprobs, req.finish_reason)
-                    )
-            if not keep:
-                return
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, last_pos, next_tokens = mask[index], last_pos[index], next_tokens[index]
-                active = [active[i] for i in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-            last_pos = last_pos + 1
-            logits = self.model(
-                input_ids=next_tokens[:, None],
-                attention_mask=mask,
-                position_ids=last_pos[:, None],
-                use_cache=True,
-                **{self._cache_arg: cache},
-            ).logits[:, -1, :]
-            self.steps += 1
+    # -- admission and layout ---------------------------------------------------
+    def _geometry(self) -> tuple[int, int, torch.dtype, torch.device]:
+        config = self.model.config
+        config = getattr(config, "get_text_config", lambda: config)()
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        param = next(self.model.parameters())
+        return heads, head_dim, param.dtype, param.device
+
+    def _remaining(self, req: _Request) -> int:
+        return req.params.max_new_tokens - len(req.completion_ids)
+
+    def _admit(self) -> list[_Request]:
+        """Move queued requests into free slots (prefilled), as many as the limits allow."""
+        window = self._cache.window if self._cache is not None else None
+        rows = len(self._rows)
+        live = (window.col - window.off) if rows else 0
+        right = max((self._remaining(r) for r in self._rows), default=0)
+        chosen: list[_Request] = []
+        left = live
+        while self._pending and rows + len(chosen) < self.max_batch_size:
+            req = self._pending[0]
+            new_left = max(left, len(req.prompt_ids))
+            new_right = max(right, req.params.max_new_tokens)
+            if (rows + len(chosen) + 1) * (new_left + new_right) > self.max_tokens_in_flight and (rows or chosen):
+                break
+            chosen.append(self._pending.popleft())
+            left, right = new_left, new_right
+        if not chosen:
+            return []
+        self._admitting = chosen  # failed together with the running rows if the prefill raises
+        needed = rows + len(chosen)
+        fits = (
+            self._cache is not None
+            and self._slots >= needed
+            and window.col >= left
+            and self._width - window.col >= right
+        )
+        if not fits:
+            self._relayout(needed, left, right)
+        self._prefill(chosen)
+        return chosen
+
+    def _relayout(self, rows_needed: int, left: int, right: int) -> None:
+        """(Re)allocate the buffers and copy the live window so that `left` columns end at `col`."""
+        t0 = time.perf_counter()
+        heads, head_dim, dtype, device = self._geometry()
+        num_layers = self.model.config.get_text_config().num_hidden_layers
+        rows = len(self._rows)
+        old_window = self._cache.window if self._cache is not None else _Window()
+        live = old_window.col - old_window.off if rows else 0
+        width = max(left, live) + right
+        width += min(64, max(0, self.max_tokens_in_flight // max(rows_needed, 1) - width))  # a little margin
+        slots = min(self.max_batch_size, max(rows_needed, self.max_tokens_in_flight // width))
+        if self._cache is None or len(self._cache.layers) != num_layers:
+            self._cache = _SlotCache(num_layers)
+        window = self._cache.window
+        old = self._cache.allocate(slots, width, heads, head_dim, dtype, device)
+        col = max(left, live)
+        mask = torch.zeros(slots, width, dtype=torch.long, device=device)
+        pos = torch.zeros(slots, dtype=torch.long, device=device)
+        nxt = torch.full((slots,), self.pad_id, dtype=torch.long, device=device)
+        if rows:
+            src = slice(old_window.off, old_window.col)
+            dst = slice(col - live, col)
+            for layer, (k, v) in zip(self._cache.layers, old):
+                layer.keys[:rows, :, dst] = k[:rows, :, src]
+                layer.values[:rows, :, dst] = v[:rows, :, src]
+            mask[:rows, dst] = self._mask[:rows, src]
+            pos[:rows], nxt[:rows] = self._pos[:rows], self._next[:rows]
+            shift = (col - live) - old_window.off
+            for req in self._rows:
+                req.start += shift
+        window.off = col - live if rows else col
+        window.col = col
+        self._mask, self._pos, self._next = mask, pos, nxt
+        self._slots, self._width = slots, width
+        self.stats["relayouts"] += 1
+        self.stats["relayout_s"] += time.perf_counter() - t0
+
+    def _groups(self, chosen: list[_Request]) -> list[tuple[int, list[_Request]]]:
+        """Split admitted requests into (shared prefix length, members) groups."""
+        if not self.share_prefix or len(chosen) < 2:
+            return [(0, chosen)]
+        k = self.share_prefix_min
+        by_key: dict[tuple[int, ...], list[_Request]] = {}
+        for req in chosen:
+            key = tuple(req.prompt_ids[:k]) if len(req.prompt_ids) > k else ()
+            by_key.setdefault(key, []).append(req)
+        groups, plain = [], []
+        for key, members in by_key.items():
+            if not key or len(members) < 2:
+                plain.extend(members)
+                continue
+            prefix = min(len(r.prompt_ids) for r in members) - 1  # every member keeps >= 1 suffix token
+            first = members[0].prompt_ids
+            for r in members[1:]:
+                n = 0
+                while n < prefix and r.prompt_ids[n] == first[n]:
+                    n += 1
+                prefix = n
+            if prefix >= k:
+                groups.append((prefix, members))
+            else:
+                plain.extend(members)
+        if plain:
+            groups.append((0, plain))
+        return groups
+
+    def _prefill(self, chosen: list[_Request]) -> None:
+        t0 = time.perf_counter()
+        window = self._cache.window
+        col, off = window.col, window.off
+        device = self._mask.device
+        logits_rows: list[torch.Tensor] = []
+        order: list[_Request] = []
+        r0 = len(self._rows)
+        for prefix, members in self._groups(chosen):
+            n = len(members)
+            suffix = max(len(r.prompt_ids) - prefix for r in members)
+            width = prefix + suffix
+            start = col - width
+            rows = slice(r0, r0 + n)
+            ids = torch.full((n, suffix), self.pad_id, dtype=torch.long)
+            self._mask[rows] = 0
+            for i, req in enumerate(members):
+                tail = req.prompt_ids[prefix:]
+                ids[i, suffix - len(tail) :] = torch.tensor(tail)
+                self._mask[r0 + i, start : start + prefix] = 1
+                self._mask[r0 + i, col - len(tail) : col] = 1
+                req.start = start if prefix else col - len(req.prompt_ids)
+            if prefix:
+                # the shared prefix once, in the group's first slot, then copied to the others
+                window.r0, window.r1, window.off, window.col = r0, r0 + 1, start, start
+                p_ids = torch.tensor([members[0].prompt_ids[:prefix]], device=device)
+                self._forward(p_ids, self._mask[r0 : r0 + 1, start : start + prefix],
+                              torch.arange(prefix, device=device)[None], logits_to_keep=1)
+                for layer in self._cache.layers:
+                    layer.keys[r0 + 1 : r0 + n, :, start : start + prefix] = layer.keys[r0 : r0 + 1, :, start : start + prefix]
+                    layer.values[r0 + 1 : r0 + n, :, start : start + prefix] = layer.values[r0 : r0 + 1, :, start : start + prefix]
+                self.stats["prefix_tokens_saved"] += prefix * (n - 1)
+            window.r0, window.r1, window.off, window.col = r0, r0 + n, start, start + prefix
+            mask = self._mask[rows, start:col]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits_rows.append(self._forward(ids.to(device), mask, positions[:, prefix:], logits_to_keep=1))
+            self._pos[rows] = positions[:, -1] + 1
+            self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in members) - prefix * (n - 1)
+            order.extend(members)
+            r0 += n
+        window.r0, window.r1 = 0, r0
+        window.off, window.col = min(off if self._rows else col, min(r.start for r in order)), col
+        new = slice(len(self._rows), r0)
+        self._rows.extend(order)
+        self._next[new] = self._sample(order, torch.cat(logits_rows))
+        self.stats["prefill_s"] += time.perf_counter() - t0
+        self.stats["prefills"] += 1
+
+    def _retire(self) -> None:
+        """Resolve finished rows and fill their slots by moving the last rows into them."""
+        finished = [i for i, r in enumerate(self._rows) if r.finish_reason is not None]
+        if not finished:
+            return
+        for i in finished:
+            r = self._rows[i]
+            r.future.set_result(Generation(r.prompt_ids, r.completion_ids, r.logprobs, r.finish_reason))
+        keep = len(self._rows) - len(finished)
+        holes = [i for i in finished if i < keep]
+        movers = [i for i in range(keep, len(self._rows)) if self._rows[i].finish_reason is None]
+        if holes:
+            window = self._cache.window
+            cols = slice(window.off, window.col)
+            dst = torch.tensor(holes)
+            src = torch.tensor(movers)
+            for layer in self._cache.layers:
+                layer.keys[dst, :, cols] = layer.keys[src, :, cols]
+                layer.values[dst, :, cols] = layer.values[src, :, cols]
+            self._mask[dst] = self._mask[src]
+            self._pos[dst] = self._pos[src]
+            self._next[dst] = self._next[src]
+            for h, m in zip(holes, movers):
+                self._rows[h] = self._rows[m]
+        del self._rows[keep:]
+        window = self._cache.window
+        window.r0, window.r1 = 0, keep
+        if keep:
+            window.off = min(r.start for r in self._rows)
+
+    def _step(self) -> None:
+        """One decode forward pass for every active row, then one sampled token each."""
+        t0 = time.perf_counter()
+        window = self._cache.window
+        rows = len(self._rows)
+        col = window.col
+        if col >= self._width:  # cannot happen: admission reserves every row's remaining tokens
+            raise RuntimeError("slot cache overflow")
+        self._mask[:rows, col] = 1
+        logits = self._forward(self._next[:rows, None], self._mask[:rows, window.off : col + 1], self._pos[:rows, None])
+        window.col = col + 1
+        self._pos[:rows] += 1
+        self.stats["decode_s"] += time.perf_counter() - t0
+        self._next[:rows] = self._sample(self._rows, logits)
+        self.steps += 1
+        self.stats["rows"] += rows
 
     def _sample(self, active: list[_Request], logits: torch.Tensor) -> torch.Tensor:
-        """Draw one token per row with its request's own RNG; record id and log-prob."""
+        """Draw one token per row, vectorised, with each request's own RNG; record id and log-prob.
+
+        Sampling is inverse-CDF: each sampled row draws one uniform number from its own
+        generator and takes the first token whose cumulative probability exceeds it, so
+        a request's tokens depend only on its seed and its logits, never on its batch.
+        """
+        t0 = time.perf_counter()
+        n = len(active)
+        temps = [r.params.temperature for r in active]
         logits = logits.float()
-        chosen = torch.empty(len(active), dtype=torch.long)
-        for row, req in enumerate(active):
-            p = req.params
-            if p.temperature <= 0:
-                logp = torch.log_softmax(logits[row], -1)
-                token = int(torch.argmax(logp))
+        if any(t != 1.0 and t > 0 for t in temps):
+            scale = torch.tensor([t if t > 0 else 1.0 for t in temps], dtype=torch.float32, device=logits.device)
+            logits = logits / scale[:, None]
+        logp = torch.log_softmax(logits, -1)
+        chosen = logp.argmax(-1)
+        sampled = [i for i, t in enumerate(temps) if t > 0]
+        if sampled:
+            u = torch.tensor([float(torch.rand((), generator=active[i].generator)) for i in sampled], device=logits.device)
+            idx = torch.tensor(sampled, device=logits.device) if len(sampled) < n else None
+            probs = (logp if idx is None else logp[idx]).exp()
+            top_p = [active[i].params.top_p for i in sampled]
+            if any(p < 1.0 for p in top_p):
+                sorted_p, order = probs.sort(-1, descending=True)
+                tp = torch.tensor(top_p, device=logits.device)
+                cut = (sorted_p.cumsum(-1) - sorted_p > tp[:, None]) & (tp[:, None] < 1.0)
+                sorted_p = sorted_p.masked_fill(cut, 0.0)
+                cdf = sorted_p.cumsum(-1)
+                pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)
+                tokens = order.gather(-1, pick)[:, 0]
             else:
-                logp = torch.log_softmax(logits[row] / p.temperature, -1)
-                probs = logp.exp()
-                if p.top_p < 1.0:
-                    sorted_p, order = probs.sort(descending=True)
-                    cut = sorted_p.cumsum(-1) - sorted_p > p.top_p
-                    sorted_p[cut] = 0.0
-                    probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-                token = int(torch.multinomial(probs.cpu(), 1, generator=req.generator))
-            chosen[row] = token
+                cdf = probs.cumsum(-1)
+                tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
+            if idx is None:
+                chosen = tokens
+            else:
+                chosen[idx] = tokens
+        token_lp = logp.gather(-1, chosen[:, None])[:, 0].tolist()
+        for req, token, lp in zip(active, chosen.tolist(), token_lp):
+            p = req.params
             req.completion_ids.append(token)
-            req.logprobs.append(float(logp[token]))
-            self.tokens += 1
+            req.logprobs.append(lp)
             if token in self.eos_ids:
                 req.finish_reason = "stop"
             elif p.stop and self._hit_stop(req):
                 req.finish_reason = "stop"
             elif len(req.completion_ids) >= p.max_new_tokens:
                 req.finish_reason = "length"
-        return chosen.to(logits.device)
+        self.tokens += n
+        self.stats["sample_s"] += time.perf_counter() - t0
+        return chosen
 
     def _hit_stop(self, req: _Request) -> bool:
         tail = self.tokenizer.decode(req.completion_ids[-16:], skip_special_tokens=True)

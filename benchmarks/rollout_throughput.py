@@ -1,0 +1,281 @@
+"""Rollout throughput: AgentFlow graph runs through the `GenerationEngine` vs a plain peer.
+
+    python benchmarks/rollout_throughput.py            # the real embedded SmolLM2-135M, bf16
+    python benchmarks/rollout_throughput.py --quick    # seconds: fewer runs and tokens
+    python benchmarks/rollout_throughput.py --quick --tiny   # random 2-layer model (the test)
+
+(a) the peer: sequential `graph.invoke`s with langchain-huggingface `ChatHuggingFace`
+    over a `HuggingFacePipeline` built from the same loaded model and tokenizer;
+(b) the engine: `graph.batch([...] * G, max_concurrency=G)` with `LocalChatModel`,
+    G = 8 and G = 32.
+Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7, seed.
+Then raw `model.generate` vs the engine alone at the batch size the engine reached (same
+prompt, same number of tokens), achieved GFLOP/s next to a large matmul, peak RSS, and
+prefix sharing on/off. The last line is one JSON object. Prints figures; not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
+
+QUERY = "What is 17 * 23 + 4? Use the calculator."
+
+
+class Counter(BaseCallbackHandler):
+    """Counts chat-model calls and completion tokens (re-tokenised text: same rule for both sides)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.calls, self.tokens = tokenizer, 0, 0
+
+    def on_llm_end(self, response, **kwargs) -> None:
+        for gens in response.generations:
+            for g in gens:
+                self.calls += 1
+                self.tokens += len(self.tokenizer.encode(g.text, add_special_tokens=False))
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def load(args):
+    from agentflow.models import load_model, tiny_model
+
+    dtype = getattr(torch, args.dtype)
+    if args.tiny:
+        from transformers import AutoTokenizer
+
+        from agentflow.models.loading import resolve_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path())
+        model = tiny_model(vocab_size=len(tokenizer)).to(dtype)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        return model, tokenizer
+    return load_model(dtype=dtype)
+
+
+def tools():
+    from agentflow.tools.calculator import CalculatorTool
+
+    return [CalculatorTool()]
+
+
+def turns_of(states) -> list[int]:
+    return [s.get("turn", 0) for s in states]
+
+
+def run_peer(model, tokenizer, args) -> dict:
+    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+    from transformers import pipeline
+
+    from agentflow import build_agentflow
+
+    pipe = pipeline(
+        "text-generation", model=model, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
+        do_sample=True, temperature=0.7, top_p=1.0, top_k=0, return_full_text=False,
+    )
+    llm = ChatHuggingFace(llm=HuggingFacePipeline(pipeline=pipe), tokenizer=tokenizer)
+    graph = build_agentflow(llm, tools(), max_turns=3)
+    counter = Counter(tokenizer)
+    torch.manual_seed(args.seed)
+    states, t = [], time.perf_counter()
+    for _ in range(args.peer_runs):
+        states.append(graph.invoke({"query": QUERY}, config={"callbacks": [counter]}))
+    wall = time.perf_counter() - t
+    return {"wall": wall, "runs": len(states), "turns": turns_of(states), "calls": counter.calls, "tokens": counter.tokens}
+
+
+def make_llm(model, tokenizer, args, share_prefix=False):
+    from agentflow.models import GenerationEngine, LocalChatModel
+
+    engine = GenerationEngine(model, tokenizer, max_batch_size=32, seed=args.seed, share_prefix=share_prefix)
+    return LocalChatModel(engine=engine, model_name="bench", temperature=0.7, max_new_tokens=args.max_new_tokens)
+
+
+def run_engine(model, tokenizer, args, g: int, share_prefix=False) -> dict:
+    from agentflow import build_agentflow
+
+    llm = make_llm(model, tokenizer, args, share_prefix)
+    graph = build_agentflow(llm, tools(), max_turns=3)
+    engine = llm.engine
+    graph.batch([{"query": QUERY}] * 2, config={"max_concurrency": 2})  # warm-up (thread, allocator)
+    engine.reseed(args.seed)
+    engine.stats.clear()
+    steps0, tokens0 = engine.steps, engine.tokens
+    counter = Counter(tokenizer)
+    t = time.perf_counter()
+    states = graph.batch([{"query": QUERY}] * g, config={"max_concurrency": g, "callbacks": [counter]})
+    wall = time.perf_counter() - t
+    steps = engine.steps - steps0
+    s = engine.stats
+    engine.close()
+    return {
+        "wall": wall, "runs": g, "turns": turns_of(states), "calls": counter.calls, "tokens": counter.tokens,
+        "engine_tokens": engine.tokens - tokens0, "steps": steps, "mean_rows": s["rows"] / max(steps, 1),
+        "prefill_s": s["prefill_s"], "decode_s": s["decode_s"], "sample_s": s["sample_s"],
+        "relayout_s": s["relayout_s"], "relayouts": s["relayouts"], "prefills": s["prefills"],
+        "prefill_tokens": s["prefill_tokens"], "prefix_tokens_saved": s["prefix_tokens_saved"],
+    }
+
+
+def planner_prompt(model, tokenizer, args) -> list[int]:
+    """The planner's real first prompt (system + tool cards + query), as the engine sees it."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from agentflow import prompts
+    from agentflow.nodes.modules import render_memory
+    from agentflow.tools.cards import render_tool_cards
+
+    llm = make_llm(model, tokenizer, args)
+    names = [t.name for t in tools()]
+    system = prompts.PLANNER_SYSTEM.format(tool_cards=render_tool_cards(tools()), tool_names=", ".join(names), example_tool=names[0])
+    user = prompts.PLANNER_USER.format(query=QUERY, memory=render_memory([]))
+    ids, _ = llm.encode_messages([SystemMessage(system), HumanMessage(user), AIMessage(prompts.PLANNER_PREFIX)])
+    return ids
+
+
+def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: int) -> dict:
+    """Tokens/s of raw `generate` and of the engine alone: same batch, prompt, length, dtype."""
+    from agentflow.models import GenerationEngine, SamplingParams
+
+    n = args.max_new_tokens
+    ids = torch.tensor([prompt] * batch)
+    mask = torch.ones_like(ids)
+    engine = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed)
+    engine.eos_ids = set()  # every row runs exactly n tokens, as with min_new_tokens=n below
+    params = SamplingParams(max_new_tokens=n, temperature=0.7)
+    raw, eng = [], []
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+    [f.result() for f in [engine.submit(prompt, params) for _ in range(batch)]]
+    for _ in range(reps):  # interleaved, so load changes hit both sides alike
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
+                                 temperature=0.7, top_k=0, pad_token_id=tokenizer.pad_token_id)
+        raw.append((out.shape[1] - ids.shape[1]) * batch / (time.perf_counter() - t))
+        t = time.perf_counter()
+        outs = [f.result() for f in [engine.submit(prompt, params) for _ in range(batch)]]
+        eng.append(sum(len(o.completion_ids) for o in outs) / (time.perf_counter() - t))
+    engine.close()
+    return {"batch": batch, "raw_tok_s": statistics.median(raw), "engine_tok_s": statistics.median(eng),
+            "raw_all": raw, "engine_all": eng}
+
+
+def generate_batch_tok_s(model, tokenizer, prompt, batch, n) -> float | None:
+    """transformers' own continuous batching, for the record (DESIGN.md §4)."""
+    from transformers import GenerationConfig
+
+    try:
+        cfg = GenerationConfig(max_new_tokens=n, do_sample=True, temperature=0.7, eos_token_id=-1,
+                               pad_token_id=tokenizer.pad_token_id)
+        t = time.perf_counter()
+        out = model.generate_batch(inputs=[prompt] * batch, generation_config=cfg)
+        wall = time.perf_counter() - t
+        tokens = sum(len(r.generated_tokens) for r in out.values())
+        return tokens / wall
+    except Exception as exc:  # API drift: report, do not fail the benchmark
+        print(f"generate_batch failed: {type(exc).__name__}: {exc}")
+        return None
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke mode: few runs, few tokens")
+    p.add_argument("--tiny", action="store_true", help="a random 2-layer model instead of SmolLM2-135M")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--peer-runs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare-generate-batch", action="store_true", help="also time transformers' generate_batch")
+    args = p.parse_args(argv)
+    args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 48)
+    args.peer_runs = args.peer_runs or (1 if args.quick else 2)
+    print(f"load: {os.getloadavg()}  cpus: {os.cpu_count()}  torch threads: {torch.get_num_threads()}")
+    model, tokenizer = load(args)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {'tiny' if args.tiny else 'SmolLM2-135M'} {params / 1e6:.1f}M params, {args.dtype}, "
+          f"max_new_tokens/node={args.max_new_tokens}, max_turns=3, T=0.7, query={QUERY!r}")
+
+    def show(name, r):
+        tps = r["runs"] / r["wall"]
+        print(f"{name}: {r['runs']} runs in {r['wall']:.1f}s = {tps:.3f} traj/s; turns/traj {statistics.mean(r['turns']):.2f} "
+              f"{r['turns']}; calls/traj {r['calls'] / r['runs']:.1f}; completion tok/s {r['tokens'] / r['wall']:.1f}")
+        return tps
+
+    peer = run_peer(model, tokenizer, args)
+    peer_tps = show("(a) peer ChatHuggingFace, sequential", peer)
+    peer_tok = peer["tokens"] / peer["wall"]
+    results = {}
+    for g in ([8] if args.quick else [8, 32]):
+        r = run_engine(model, tokenizer, args, g)
+        results[g] = r
+        tps = show(f"(b) engine G={g}", r)
+        print(f"    ratio (b)/(a) traj/s = {tps / peer_tps:.2f}x; tokens/s ratio = {r['tokens'] / r['wall'] / peer_tok:.2f}x; "
+              f"engine: {r['steps']} decode steps, mean rows/step {r['mean_rows']:.1f}, prefill {r['prefill_s']:.1f}s "
+              f"({r['prefills']} prefills, {r['prefill_tokens']} tok), decode {r['decode_s']:.1f}s, sample {r['sample_s']:.2f}s, "
+              f"relayout {r['relayout_s']:.2f}s ({r['relayouts']})")
+    g8 = results[8]
+    shared = run_engine(model, tokenizer, args, 8, share_prefix=True)
+    print(f"prefix sharing G=8: on {8 / shared['wall']:.3f} traj/s (prefill {shared['prefill_s']:.1f}s, "
+          f"{shared['prefix_tokens_saved']} prefix tokens not recomputed) vs off {8 / g8['wall']:.3f} traj/s "
+          f"(prefill {g8['prefill_s']:.1f}s); note: sampling differs run to run, compare prefill seconds per prefill token: "
+          f"on {shared['prefill_s'] / max(shared['prefill_tokens'], 1) * 1e3:.2f} ms vs off {g8['prefill_s'] / max(g8['prefill_tokens'], 1) * 1e3:.2f} ms")
+
+    prompt = planner_prompt(model, tokenizer, args)
+    batch = max(1, round(g8["mean_rows"]))
+    cmp8 = raw_vs_engine(model, tokenizer, args, batch, prompt, reps=1 if args.quick else 3)
+    print(f"raw generate vs engine, batch {batch} (engine's mean rows at G=8), prompt {len(prompt)} tok, "
+          f"{args.max_new_tokens} new: raw {cmp8['raw_tok_s']:.1f} tok/s, engine {cmp8['engine_tok_s']:.1f} tok/s, "
+          f"engine/raw {cmp8['engine_tok_s'] / cmp8['raw_tok_s']:.2f}x (runs raw {[round(x) for x in cmp8['raw_all']]}, "
+          f"engine {[round(x) for x in cmp8['engine_all']]})")
+    print(f"engine end-to-end in the graph, G=8: {g8['engine_tokens'] / g8['wall']:.1f} tok/s")
+    cmp32 = None
+    if not args.quick:
+        b32 = max(1, round(results[32]["mean_rows"]))
+        cmp32 = raw_vs_engine(model, tokenizer, args, b32, prompt, reps=2)
+        print(f"raw generate vs engine, batch {b32} (G=32): raw {cmp32['raw_tok_s']:.1f}, engine {cmp32['engine_tok_s']:.1f}, "
+              f"engine/raw {cmp32['engine_tok_s'] / cmp32['raw_tok_s']:.2f}x")
+        if args.compare_generate_batch:
+            gb = generate_batch_tok_s(model, tokenizer, prompt, 32, args.max_new_tokens)
+            print(f"transformers generate_batch, 32 requests: {gb and round(gb, 1)} tok/s")
+    n = 1024 if args.quick else 2048
+    bf16, fp32 = matmul_gflops(torch.bfloat16, n, 3), matmul_gflops(torch.float32, n, 3)
+    best = max(cmp8["engine_tok_s"], (cmp32 or cmp8)["engine_tok_s"])
+    achieved = 2 * params * best / 1e9
+    print(f"achieved (engine decode, 2*params*tok/s): {achieved:.1f} GFLOP/s; ceiling: matmul {n}^3 bf16 {bf16:.0f} GFLOP/s, "
+          f"fp32 {fp32:.0f} GFLOP/s -> {achieved / (bf16 if args.dtype == 'bfloat16' else fp32) * 100:.1f}% of the {args.dtype} ceiling")
+    print(f"peak RSS {rss_mb():.0f} MB; load now {os.getloadavg()}")
+    out = {
+        "speedup_vs_peer": round((8 / g8["wall"]) / peer_tps, 3),
+        "speedup_vs_peer_32": round((32 / results[32]["wall"]) / peer_tps, 3) if 32 in results else None,
+        "engine_vs_raw": round(cmp8["engine_tok_s"] / cmp8["raw_tok_s"], 3),
+        "peak_rss_mb": round(rss_mb(), 1),
+    }
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
