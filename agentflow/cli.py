@@ -86,5 +86,117 @@ def run(
         sys.stdout.write("\n")
 
 
+@app.command("eval")
+def eval_(
+    benchmark: Annotated[str, typer.Option(help="Benchmark name(s), comma-separated (bamboogle, 2wiki, hotpotqa, musique, gaia, aime24, amc23, gameof24, gpqa, medqa, toolmix) or a .json/.jsonl file.")],
+    system: Annotated[str, typer.Option(help="agentflow, react, or both comma-separated (react: the prebuilt ReAct agent, same tools and model).")] = "agentflow",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate the first N items.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Runs in flight; their model calls are decoded together.")] = 8,
+    max_turns: Annotated[int, typer.Option(min=1, help="Planner turns (ReAct: tool rounds) before answering.")] = 3,
+    sweep_max_turns: Annotated[Optional[str], typer.Option(help="Comma-separated budgets, e.g. 1,3,5,10, over one compiled graph.")] = None,
+    model: Annotated[str, typer.Option(help="Model for every module (HF id, local path, or the embedded default).")] = "smollm2-135m-instruct",
+    planner_model: Annotated[Optional[str], typer.Option(help="Planner model (default: --model).")] = None,
+    executor_model: Annotated[Optional[str], typer.Option(help="Executor model (default: --model).")] = None,
+    verifier_model: Annotated[Optional[str], typer.Option(help="Verifier model (default: --model).")] = None,
+    generator_model: Annotated[Optional[str], typer.Option(help="Generator model (default: --model).")] = None,
+    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tool names (default: the offline set; toolmix adds local_search over its corpus).")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Scorer kind for a JSON/JSONL file: qa_em, math, multiple_choice, gameof24, toolmix.")] = None,
+    output: Annotated[Path, typer.Option(help="Output folder (rerun into it to resume).")] = Path("eval_out"),
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    seed: Annotated[int, typer.Option()] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate AgentFlow (or the ReAct baseline) on benchmarks; writes JSONL rows, summaries, a table, plots."""
+    from agentflow.evals import load_benchmark
+    from agentflow.evals.harness import load_models, parse_turns, resolve_scorer, run_eval
+    from agentflow.tools import ToolUnavailable
+
+    benchmarks = [b.strip() for b in benchmark.split(",") if b.strip()]
+    systems = [s.strip() for s in system.split(",") if s.strip()]
+    try:
+        sweep = parse_turns(sweep_max_turns)
+        for name in systems:
+            if name not in ("agentflow", "react"):
+                raise ValueError(f"unknown system {name!r}; choose from agentflow, react")
+        for name in benchmarks:  # bad names, files and fields fail here, before any model loads
+            resolve_scorer(name, scorer)
+            try:
+                load_benchmark(name, limit=limit)
+            except (ConnectionError, OSError) as exc:  # gaia/gpqa come from the Hub (network, access)
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise ValueError(f"could not load {name}: {exc}") from exc
+        llms = load_models(
+            model, planner_model=planner_model, executor_model=executor_model, verifier_model=verifier_model,
+            generator_model=generator_model, dtype=dtype, max_new_tokens=max_new_tokens, seed=seed,
+        )
+        for name in benchmarks:
+            for sys_name in systems:
+                summary = run_eval(
+                    name, system=sys_name, limit=limit, concurrency=concurrency, max_turns=max_turns,
+                    sweep_max_turns=sweep, output=output, tools=tools, scorer=scorer, llms=llms,
+                    max_new_tokens=max_new_tokens, dtype=dtype, seed=seed, progress=progress,
+                )
+                for s in summary.get("sweep", [summary]):
+                    console.print(
+                        f"[bold]{s['benchmark']}[/] {s['system']} T={s['max_turns']}: accuracy "
+                        f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}), failed {s['failed']}, "
+                        f"tool-call error rate {100 * s['tool_call_error_rate']:.1f}%, mean turns {s['mean_turns']:.2f}"
+                    )
+    except (ValueError, FileNotFoundError, ToolUnavailable) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"results in {output}/ (results.md, *.summary.json, *.jsonl, plots)")
+
+
+def _config_errors(func):
+    """Run a trainer entry point; broken configs exit 2 with the message, Ctrl-C exits 130."""
+    from agentflow.trainer import ConfigError
+
+    try:
+        return func()
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt as exc:  # the trainer saved a checkpoint before re-raising
+        console.print("[yellow]interrupted: checkpoint saved; resume with resume_from[/]")
+        raise typer.Exit(130) from exc
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False, help="YAML run config.")],
+    plot: Annotated[bool, typer.Option(help="Render the training curves when done.")] = True,
+) -> None:
+    """Train the planner with Flow-GRPO (see examples/train_toolmix.yaml for every field)."""
+    from agentflow.trainer import plot_run, train_from_config
+
+    run_dir = _config_errors(lambda: train_from_config(config))
+    console.print(f"run written to {run_dir}")
+    if plot:
+        for png in plot_run(run_dir):
+            console.print(f"  {png}")
+
+
+@app.command()
+def sft(
+    config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False, help="YAML run config.")],
+) -> None:
+    """The offline SFT ablation: fine-tune the planner on the planner turns of successful runs."""
+    from agentflow.trainer import sft_from_config
+
+    console.print(f"SFT run written to {_config_errors(lambda: sft_from_config(config))}")
+
+
+@app.command()
+def plot(run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="A training run directory.")]) -> None:
+    """Render a run's training curves (metrics.jsonl) to PNG files."""
+    from agentflow.trainer import plot_run
+
+    for png in plot_run(run_dir):
+        console.print(str(png))
+
+
 if __name__ == "__main__":
     app()

@@ -83,3 +83,32 @@ MEMORY_RECORD = """Step {turn}: {sub_goal}
   Tool Name: {tool_name}
   Command: {command}
   Result: {outcome}"""
+
+# --------------------------------------------------------------------------- ReAct baseline
+# The monolithic baseline of the eval harness (`agentflow eval --system react`): LangGraph's
+# prebuilt ReAct agent over a model without native tool calling. `TextToolCallingChatModel`
+# renders the tools into this system prompt and parses the call back out of the text.
+
+REACT_SYSTEM = """You answer questions. You may call tools, one at a time.
+
+Tools:
+{tool_descriptions}
+
+To call a tool, reply in exactly this format:
+Thought: <what to do next>
+Action: <one of: {tool_names}>
+Action Input: <the JSON arguments of the call>
+
+You will then get the Observation. When you know the answer, reply:
+Thought: I know the answer.
+Final Answer: <the answer>
+
+Example:
+Question: What is 4821 * 377?
+Thought: Multiply the numbers.
+Action: {example_tool}
+Action Input: {example_input}"""
+
+REACT_OBSERVATION = "Observation: {result}"
+
+REACT_PREFIX = "Thought:"

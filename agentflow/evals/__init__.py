@@ -1,7 +1,29 @@
-"""Benchmarks and scoring: load evaluation sets, score answers (also the training reward)."""
+"""Benchmarks and scoring: load evaluation sets, score answers (also the training reward),
+and the evaluation harness (`run_eval`, the ReAct baseline `build_react`).
+
+The harness names are imported on first use, so the reward path (`score`) does not pay
+for importing LangChain/LangGraph.
+"""
 
 from agentflow.evals.datasets import BENCHMARKS, load_benchmark
 from agentflow.evals.scoring import score
 from agentflow.evals.toolmix import make_toolmix
 
-__all__ = ["BENCHMARKS", "load_benchmark", "make_toolmix", "score"]
+_LAZY = {
+    "run_eval": "agentflow.evals.harness",
+    "summarize": "agentflow.evals.harness",
+    "write_report": "agentflow.evals.harness",
+    "load_models": "agentflow.evals.harness",
+    "build_react": "agentflow.evals.react",
+}
+
+__all__ = ["BENCHMARKS", "build_react", "load_benchmark", "load_models", "make_toolmix", "run_eval", "score",
+           "summarize", "write_report"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
