@@ -204,12 +204,17 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke mode: few runs, few tokens")
     p.add_argument("--tiny", action="store_true", help="a random 2-layer model instead of SmolLM2-135M")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bf16 where the hardware has bf16 matrix units, else fp32 (agentflow.models.fast_dtype)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--peer-runs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare-generate-batch", action="store_true", help="also time transformers' generate_batch")
     args = p.parse_args(argv)
+    if args.dtype == "auto":
+        from agentflow.models import fast_dtype
+
+        args.dtype = str(fast_dtype("cpu")).removeprefix("torch.")
     args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 48)
     args.peer_runs = args.peer_runs or (1 if args.quick else 2)
     print(f"load: {os.getloadavg()}  cpus: {os.cpu_count()}  torch threads: {torch.get_num_threads()}")

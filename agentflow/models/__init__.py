@@ -2,10 +2,20 @@
 
 from agentflow.models.chat import LocalChatModel
 from agentflow.models.engine import Generation, GenerationBackend, GenerationEngine, RequestTooLarge, SamplingParams
-from agentflow.models.loading import DEFAULT_MODEL, cache_dir, load_model, resolve_model_path, tiny_model
+from agentflow.models.loading import (
+    DEFAULT_MODEL,
+    bf16_is_fast,
+    cache_dir,
+    fast_dtype,
+    load_model,
+    resolve_model_path,
+    tiny_model,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
+    "bf16_is_fast",
+    "fast_dtype",
     "Generation",
     "GenerationBackend",
     "GenerationEngine",

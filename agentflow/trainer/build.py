@@ -2,7 +2,7 @@
 
 The default layout trains only the planner: the policy `LocalChatModel` (fp32 master
 weights, the engine decodes with them) is the planner's model, and one frozen copy
-(`frozen_dtype`, bf16 by default) serves the executor, verifier and generator and, for
+(`frozen_dtype`: bf16 where the hardware runs it fast, else fp32) serves the executor, verifier and generator and, for
 full fine-tuning, is also the KL reference, so the reference costs no extra memory.
 """
 
@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from agentflow.evals.datasets import load_benchmark, with_answer_instruction
 from agentflow.evals.scoring import score
 from agentflow.graph import build_agentflow
-from agentflow.models import GenerationEngine, LocalChatModel, load_model, resolve_model_path, tiny_model
+from agentflow.models import GenerationEngine, LocalChatModel, fast_dtype, load_model, resolve_model_path, tiny_model
 from agentflow.trainer.config import TINY_MODEL, ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
 from agentflow.trainer.rollout import RewardFn
@@ -68,7 +68,8 @@ def build_graph_and_models(config: FlowGRPOConfig, device: torch.device | str = 
                             max_new_tokens=config.max_new_tokens)
     frozen = None
     if not config.share_modules_model:
-        frozen_model = copy.deepcopy(model).to(getattr(torch, config.frozen_dtype)).requires_grad_(False).eval()
+        dtype = fast_dtype(device) if config.frozen_dtype == "auto" else getattr(torch, config.frozen_dtype)
+        frozen_model = copy.deepcopy(model).to(dtype).requires_grad_(False).eval()
         frozen = LocalChatModel(engine=GenerationEngine(frozen_model, tokenizer, seed=config.seed + 1),
                                 model_name=config.model, temperature=0.0, max_new_tokens=config.module_max_new_tokens)
     modules_llm = frozen or policy

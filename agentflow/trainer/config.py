@@ -74,10 +74,10 @@ class FlowGRPOConfig:
     epochs: int = 1
     mini_batches: int = 1  # optimizer steps per rollout batch (>1: later ones are off-policy)
     micro_batch_size: int = 4  # samples per forward/backward; gradients accumulate
-    bf16_autocast: bool = True  # update forward in bf16 autocast; master weights stay fp32
+    bf16_autocast: bool = True  # update forward in bf16 autocast where bf16 is fast; master weights stay fp32
     # dtype of the frozen copy that serves the executor/verifier/generator and, with full
-    # fine-tuning, is the KL reference (bf16 halves its memory and doubles decode speed)
-    frozen_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # fine-tuning, is the KL reference (bf16 halves its memory; it is only fast with bf16 matrix units)
+    frozen_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 only where it is fast
 
     # -- LoRA ---------------------------------------------------------------------------
     lora: bool = False

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
-from agentflow.models import GenerationEngine, LocalChatModel
+from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fast_dtype
 from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentflow.trainer.config import FlowGRPOConfig
 from agentflow.trainer.metrics import MetricsLogger
@@ -273,11 +273,11 @@ class FlowGRPOTrainer:
         self.is_lora = hasattr(model, "peft_config")
         self.ref_model = None
         if config.beta > 0 and not self.is_lora:
-            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model).to(torch.bfloat16)
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model).to(fast_dtype(self.accelerator.device))
             self.ref_model.requires_grad_(False).eval()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.autocast = config.bf16_autocast and _bf16_supported(self.accelerator.device)
+        self.autocast = config.bf16_autocast and bf16_is_fast(str(self.accelerator.device))
 
         self.steps_per_epoch = len(self.train_items) // config.queries_per_step
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
@@ -548,12 +548,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
 
 
 def _yaml(data: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentflow.models import bf16_is_fast
 from agentflow.trainer.build import build_graph_and_models, load_datasets, make_reward
 from agentflow.trainer.checkpoint import save_planner
 from agentflow.trainer.config import FlowGRPOConfig
@@ -92,7 +93,7 @@ def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig
         logging_steps=1,
         seed=config.seed,
         use_cpu=not torch.cuda.is_available(),
-        bf16=config.bf16_autocast,
+        bf16=config.bf16_autocast and bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu"),
     )
     peft_config = (LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                               target_modules=list(config.lora_targets), task_type="CAUSAL_LM") if config.lora else None)
