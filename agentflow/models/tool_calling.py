@@ -36,6 +36,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
 from agentflow import prompts
+from agentflow.nodes.parsing import json_objects
 
 _ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 _ACTION_INPUT = re.compile(r"^\s*Action\s*Input\s*:\s*", re.IGNORECASE | re.MULTILINE)
@@ -80,14 +81,7 @@ def parse_action_input(text: str, tool: dict[str, Any] | None) -> dict[str, Any]
     params = fn.get("parameters", {})
     props = params.get("properties", {})
     required = params.get("required", [])
-    candidates = []
-    for match in re.finditer(r"\{.*\}", text, re.S):
-        try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            candidates.append(value)
+    candidates = json_objects(text)
     if candidates:
         args = candidates[-1]
         if len(required) == 1 and required[0] not in args and len(args) == 1:

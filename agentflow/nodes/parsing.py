@@ -86,14 +86,7 @@ def parse_tool_arguments(text: str, tool: BaseTool) -> ToolArguments:
     """
     text = (text or "").strip()
     props, required = _string_args(tool)
-    candidates: list[dict[str, Any]] = []
-    for match in re.finditer(r"\{.*\}", text, re.S):
-        try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            candidates.append(value)
+    candidates = json_objects(text)
     if not candidates and len(required) == 1:
         raw = _raw_single_value(text, required[0])
         if raw:
@@ -114,6 +107,19 @@ def parse_tool_arguments(text: str, tool: BaseTool) -> ToolArguments:
         except ValidationError as exc:
             return ToolArguments(None, f"invalid arguments for {tool.name}: {_first_line(str(exc))}")
     return ToolArguments(args, None)
+
+
+def json_objects(text: str) -> list[dict[str, Any]]:
+    """Every `{...}` span of `text` that parses as a JSON object, in order."""
+    found = []
+    for match in re.finditer(r"\{.*\}", text, re.S):
+        try:
+            value = json.loads(match.group(0))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
 
 
 def _raw_single_value(text: str, arg: str) -> str:
