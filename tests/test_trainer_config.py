@@ -56,3 +56,14 @@ def test_bad_data_or_reward_fails_before_loading_a_model(data, field):
 
     with pytest.raises(ConfigError, match=field):
         build_trainer({"model": "no/such-model", **data})  # loading this model would fail differently
+
+
+def test_a_new_run_refuses_an_existing_run_dir(tmp_path):
+    from agentflow.trainer import build_trainer
+    from tests.trainer_helpers import tiny_config
+
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ConfigError, match="run_name"):
+        build_trainer(tiny_config(tmp_path))

@@ -56,7 +56,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fast_dtype
 from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from agentflow.trainer.config import FlowGRPOConfig
+from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.metrics import MetricsLogger
 from agentflow.trainer.rollout import RewardFn, RunResult, collect_rollouts
 
@@ -303,6 +303,11 @@ class FlowGRPOTrainer:
         if self.world > 1:
             broadcast_object_list(name)
         run_dir = Path(self.config.output_dir) / name[0]
+        if (run_dir / "metrics.jsonl").exists():
+            # Appending a new run to an old run's metrics would mix two runs in one curve.
+            raise ConfigError(
+                f"'run_name': {run_dir} already holds a run; set resume_from to continue it or choose a new run_name"
+            )
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(_yaml(self.config.to_dict()))
