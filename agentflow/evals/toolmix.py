@@ -138,7 +138,6 @@ def _split(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """`n` items in thirds (arithmetic, lookup, two_step) over a fresh entity pool."""
     n_lookup, n_two = n // 3, n // 3
-    n_arith = n - n_lookup - n_two
     # Enough entities that every look-up and two-step item can have its own query.
     n_towns = max(4, n_lookup // 3 + n_two // 2 + 2)
     towns, realms = _make_pool(rng, names, n_towns, max(2, n_two // 2))

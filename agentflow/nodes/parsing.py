@@ -69,7 +69,7 @@ class ToolArguments:
     error: str | None
 
 
-def _string_args(tool: BaseTool) -> tuple[list[str], list[str]]:
+def _arg_names(tool: BaseTool) -> tuple[list[str], list[str]]:
     schema = tool.get_input_jsonschema()
     props = schema.get("properties", {})
     required = list(schema.get("required", []))
@@ -85,7 +85,7 @@ def parse_tool_arguments(text: str, tool: BaseTool) -> ToolArguments:
     Whatever is chosen is validated against the tool's args schema.
     """
     text = (text or "").strip()
-    props, required = _string_args(tool)
+    props, required = _arg_names(tool)
     candidates = json_objects(text)
     if not candidates and len(required) == 1:
         raw = _raw_single_value(text, required[0])
