@@ -11,7 +11,8 @@
 Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7, seed.
 Then raw `model.generate` vs the engine alone at the batch size the engine reached (same
 prompt, same number of tokens), achieved GFLOP/s next to a large matmul, peak RSS, and
-prefix sharing on/off. The last line is one JSON object. Prints figures; not a timed test.
+the engine's prefix cache off vs on at G=8. The last line is one JSON object. Prints
+figures; not a timed test.
 """
 
 from __future__ import annotations
@@ -115,20 +116,22 @@ def run_peer(model, tokenizer, args) -> dict:
     return {"wall": wall, "runs": len(states), "turns": turns_of(states), "calls": counter.calls, "tokens": counter.tokens}
 
 
-def make_llm(model, tokenizer, args, share_prefix=False):
+def make_llm(model, tokenizer, args, prefix_cache=True):
     from agentflow.models import GenerationEngine, LocalChatModel
 
-    engine = GenerationEngine(model, tokenizer, max_batch_size=32, seed=args.seed, share_prefix=share_prefix)
+    engine = GenerationEngine(model, tokenizer, max_batch_size=32, seed=args.seed,
+                              **({} if prefix_cache else {"prefix_cache_tokens": 0}))
     return LocalChatModel(engine=engine, model_name="bench", temperature=0.7, max_new_tokens=args.max_new_tokens)
 
 
-def run_engine(model, tokenizer, args, g: int, share_prefix=False) -> dict:
+def run_engine(model, tokenizer, args, g: int, prefix_cache=True) -> dict:
     from agentflow import build_agentflow
 
-    llm = make_llm(model, tokenizer, args, share_prefix)
+    llm = make_llm(model, tokenizer, args, prefix_cache)
     graph = build_agentflow(llm, tools(), max_turns=3)
     engine = llm.engine
     graph.batch([{"query": QUERY}] * 2, config={"max_concurrency": 2})  # warm-up (thread, allocator)
+    engine._prefixes.clear()  # start cold: the warm-up must not pre-fill the prefix cache
     engine.reseed(args.seed)
     engine.stats.clear()
     steps0, tokens0 = engine.steps, engine.tokens
@@ -144,7 +147,7 @@ def run_engine(model, tokenizer, args, g: int, share_prefix=False) -> dict:
         "engine_tokens": engine.tokens - tokens0, "steps": steps, "mean_rows": s["rows"] / max(steps, 1),
         "prefill_s": s["prefill_s"], "decode_s": s["decode_s"], "sample_s": s["sample_s"],
         "relayout_s": s["relayout_s"], "relayouts": s["relayouts"], "prefills": s["prefills"],
-        "prefill_tokens": s["prefill_tokens"], "prefix_tokens_saved": s["prefix_tokens_saved"],
+        "prefill_tokens": s["prefill_tokens"], "prefix_tokens_reused": s["prefix_tokens_reused"],
     }
 
 
@@ -171,14 +174,17 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
     n = args.max_new_tokens
     ids = torch.tensor([prompt] * batch)
     mask = torch.ones_like(ids)
-    engine = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed)
-    engine.eos_ids = set()  # every row runs exactly n tokens, as with min_new_tokens=n below
+    # Without the prefix cache: `generate` prefills every row, so must the engine for an
+    # equal comparison (the cached engine, which prefills the shared prompt once, is extra).
+    engine = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed, prefix_cache_tokens=0)
+    cached = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed)
+    engine.eos_ids = cached.eos_ids = set()  # every row runs exactly n tokens, as with min_new_tokens=n below
     params = SamplingParams(max_new_tokens=n, temperature=0.7)
-    raw, eng = [], []
+    raw, eng, eng_cached = [], [], []
     with torch.inference_mode():
         model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=True, pad_token_id=tokenizer.pad_token_id)
     [f.result() for f in [engine.submit(prompt, params) for _ in range(batch)]]
-    for _ in range(reps):  # interleaved, so load changes hit both sides alike
+    for _ in range(reps):  # interleaved, so load changes hit every side alike
         t = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
@@ -187,9 +193,14 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
         t = time.perf_counter()
         outs = [f.result() for f in [engine.submit(prompt, params) for _ in range(batch)]]
         eng.append(sum(len(o.completion_ids) for o in outs) / (time.perf_counter() - t))
+        cached._prefixes.clear()  # each repetition starts cold, as generate does
+        t = time.perf_counter()
+        outs = [f.result() for f in [cached.submit(prompt, params) for _ in range(batch)]]
+        eng_cached.append(sum(len(o.completion_ids) for o in outs) / (time.perf_counter() - t))
     engine.close()
+    cached.close()
     return {"batch": batch, "raw_tok_s": statistics.median(raw), "engine_tok_s": statistics.median(eng),
-            "raw_all": raw, "engine_all": eng}
+            "cached_tok_s": statistics.median(eng_cached), "raw_all": raw, "engine_all": eng}
 
 
 def generate_batch_tok_s(model, tokenizer, prompt, batch, n) -> float | None:
@@ -249,13 +260,16 @@ def main(argv=None) -> dict:
         print(f"    ratio (b)/(a) traj/s = {tps / peer_tps:.2f}x; tokens/s ratio = {r['tokens'] / r['wall'] / peer_tok:.2f}x; "
               f"engine: {r['steps']} decode steps, mean rows/step {r['mean_rows']:.1f}, prefill {r['prefill_s']:.1f}s "
               f"({r['prefills']} prefills, {r['prefill_tokens']} tok), decode {r['decode_s']:.1f}s, sample {r['sample_s']:.2f}s, "
-              f"relayout {r['relayout_s']:.2f}s ({r['relayouts']})")
+              f"relayout {r['relayout_s']:.2f}s ({r['relayouts']}); prompt tokens reused from the prefix cache "
+              f"{r['prefix_tokens_reused']} of {r['prefix_tokens_reused'] + r['prefill_tokens']}")
+        # everything the model computed (prefill + decode rows) over the whole graph run
+        print(f"    graph end-to-end: {2 * params * (r['prefill_tokens'] + r['engine_tokens']) / r['wall'] / 1e9:.1f} GFLOP/s")
     g8 = results[8]
-    shared = run_engine(model, tokenizer, args, 8, share_prefix=True)
-    print(f"prefix sharing G=8: on {8 / shared['wall']:.3f} traj/s (prefill {shared['prefill_s']:.1f}s, "
-          f"{shared['prefix_tokens_saved']} prefix tokens not recomputed) vs off {8 / g8['wall']:.3f} traj/s "
-          f"(prefill {g8['prefill_s']:.1f}s); note: sampling differs run to run, compare prefill seconds per prefill token: "
-          f"on {shared['prefill_s'] / max(shared['prefill_tokens'], 1) * 1e3:.2f} ms vs off {g8['prefill_s'] / max(g8['prefill_tokens'], 1) * 1e3:.2f} ms")
+    off = run_engine(model, tokenizer, args, 8, prefix_cache=False)
+    print(f"prefix cache G=8: off {8 / off['wall']:.3f} traj/s (prefill {off['prefill_s']:.1f}s for {off['prefill_tokens']} tok) "
+          f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s for {g8['prefill_tokens']} tok, "
+          f"{g8['prefix_tokens_reused']} reused) -> {off['wall'] / g8['wall']:.2f}x; sampling differs run to run "
+          f"(turns off {statistics.mean(off['turns']):.2f}, on {statistics.mean(g8['turns']):.2f})")
 
     prompt = planner_prompt(model, tokenizer, args)
     batch = max(1, round(g8["mean_rows"]))
@@ -263,7 +277,7 @@ def main(argv=None) -> dict:
     print(f"raw generate vs engine, batch {batch} (engine's mean rows at G=8), prompt {len(prompt)} tok, "
           f"{args.max_new_tokens} new: raw {cmp8['raw_tok_s']:.1f} tok/s, engine {cmp8['engine_tok_s']:.1f} tok/s, "
           f"engine/raw {cmp8['engine_tok_s'] / cmp8['raw_tok_s']:.2f}x (runs raw {[round(x) for x in cmp8['raw_all']]}, "
-          f"engine {[round(x) for x in cmp8['engine_all']]})")
+          f"engine {[round(x) for x in cmp8['engine_all']]}); engine with prefix cache {cmp8['cached_tok_s']:.1f} tok/s")
     print(f"engine end-to-end in the graph, G=8: {g8['engine_tokens'] / g8['wall']:.1f} tok/s")
     cmp32 = None
     if not args.quick:

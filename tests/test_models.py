@@ -111,12 +111,12 @@ def test_requests_joining_mid_flight_match_one_at_a_time(engine, tokenizer):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
-@pytest.mark.parametrize("share_prefix", [False, True])
-def test_token_budget_and_prefix_sharing_keep_outputs(tokenizer, share_prefix):
+@pytest.mark.parametrize("prefix_cache_tokens", [0, 4096])
+def test_token_budget_and_prefix_cache_keep_outputs(tokenizer, prefix_cache_tokens):
     model = tiny_model(vocab_size=len(tokenizer))
     small = GenerationEngine(model, tokenizer, seed=0, max_tokens_in_flight=160,
-                             share_prefix=share_prefix, share_prefix_min=8)
-    free = GenerationEngine(model, tokenizer, seed=0)
+                             prefix_cache_tokens=prefix_cache_tokens, prefix_cache_min=8)
+    free = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0)
     shared = tokenizer.encode("A long shared system prompt with tool cards and the question. " * 2)
     prompts = [shared + tokenizer.encode(f" variant {i}" * (i + 1)) for i in range(5)]
     params = SamplingParams(max_new_tokens=10)
@@ -125,5 +125,59 @@ def test_token_budget_and_prefix_sharing_keep_outputs(tokenizer, share_prefix):
     for a, b in zip(expected, got):
         assert a.completion_ids == b.completion_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert (small.stats["prefix_tokens_reused"] > 0) == bool(prefix_cache_tokens)
     with pytest.raises(RequestTooLarge, match="max_tokens_in_flight"):
         small.submit([1] * 150, SamplingParams(max_new_tokens=20))
+
+
+def _graph_like_prompts(tokenizer):
+    """What a group of graph runs sends: G copies of a first prompt, then longer turns of it."""
+    system = tokenizer.encode("System: you plan with tools. Tools: calculator, python, search. " * 3)
+    first = system + tokenizer.encode("Question: what is 12 * 34?\nSteps so far: none")
+    later = [system + tokenizer.encode(f"Question: what is 12 * 34?\nSteps so far: step {i} used python") for i in range(3)]
+    return [first] * 4 + later
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_prefix_cache_matches_uncached_engine(tokenizer, temperature):
+    """Reused prefixes give the ids and log-probs of a full prefill, alone or batched."""
+    model = tiny_model(vocab_size=len(tokenizer))
+    cached = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    plain = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0)
+    prompts = _graph_like_prompts(tokenizer)
+    params = [SamplingParams(max_new_tokens=8, temperature=temperature, seed=i) for i in range(len(prompts))]
+    expected = [plain.generate(p, s) for p, s in zip(prompts, params)]
+    together = [f.result() for f in [cached.submit(p, s) for p, s in zip(prompts, params)]]
+    again = [cached.generate(p, s) for p, s in zip(prompts, params)]  # now every prompt is stored whole
+    for a, b, c in zip(expected, together, again):
+        assert a.completion_ids == b.completion_ids == c.completion_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.logprobs == pytest.approx(c.logprobs, abs=1e-4)
+    total = sum(len(p) for p in prompts)
+    assert cached.stats["prefix_tokens_reused"] > total  # the group's copies and the second pass
+    assert plain.stats["prefix_tokens_reused"] == 0
+
+
+def test_prefix_cache_is_dropped_when_weights_change(tokenizer):
+    """An optimizer step between rollouts must not leave keys/values of the old weights in use."""
+    model = tiny_model(vocab_size=len(tokenizer))
+    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    prompt = _graph_like_prompts(tokenizer)[0]
+    params = SamplingParams(max_new_tokens=8)
+    before = engine.generate(prompt, params)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # in place, as an optimizer does
+    after = engine.generate(prompt, params)
+    fresh = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0).generate(prompt, params)
+    assert after.logprobs == pytest.approx(fresh.logprobs, abs=1e-4)
+    assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4)
+
+
+def test_prefix_store_stays_within_its_token_budget(tokenizer):
+    engine = GenerationEngine(tiny_model(vocab_size=len(tokenizer)), tokenizer, seed=0,
+                              prefix_cache_tokens=100, prefix_cache_min=8)
+    for i in range(6):
+        engine.generate(tokenizer.encode(f"prompt number {i} " * 8), SamplingParams(max_new_tokens=2))
+        assert engine._prefixes.tokens <= 100
+    assert engine._prefixes.tokens > 0

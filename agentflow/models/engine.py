@@ -36,10 +36,19 @@ buffers are re-laid out (one copy of the live window) only when a new prompt is 
 than the columns to the left of `col`, or the right margin cannot hold the remaining
 tokens of every row, or more slots are needed.
 
-Prefix sharing: requests admitted together whose prompts share a long prefix (a group of
-runs of the same query: system prompt + tool cards + query) can prefill that prefix once
-and copy its keys/values into every member's slot (`share_prefix`). Whether it pays is
-measured by the benchmark; see `share_prefix_min`.
+Prefix cache: node calls repeat long prompt prefixes. The G runs of a group send the
+same first planner prompt; every planner, verifier and generator prompt of a query
+starts with that module's system prompt (tool cards included) and the question; a
+planner prompt at turn k+1 extends the one of turn k up to its memory. On this CPU a
+prefill is compute-bound (~4 ms per token for the 135M model), so recomputing those
+prefixes dominated rollout time. `_PrefixStore` keeps the keys/values of recent prompts
+(an LRU bounded by `prefix_cache_tokens`); a new request copies the keys/values of its
+longest common prefix with any stored prompt into its slot and prefills only the rest.
+Causal attention makes the first n positions of a stored prompt valid for any prompt
+that shares those n tokens. Stored entries are dropped when the model's weights change
+(the tensors' version counters move on every in-place update, e.g. an optimizer step),
+so a trainer that updates the policy between rollouts never decodes with stale keys.
+The benchmark measures what this saves (`prefix_tokens_reused`).
 
 Memory is bounded: at most `max_batch_size` rows, and the cache buffers never hold more
 than `max_tokens_in_flight` token slots (rows x width, padding included). A request that
@@ -122,6 +131,63 @@ class RequestTooLarge(ValueError):
     """A single request cannot fit the engine's token budget."""
 
 
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    m = min(len(a), len(b))
+    same = a[:m] == b[:m]
+    return m if bool(same.all()) else int(same.to(torch.uint8).argmin())
+
+
+class _PrefixStore:
+    """Keys/values of recent prompts, for reuse by requests that share a prefix with them.
+
+    An entry is one prompt's ids and one `[layers, 2, kv_heads, length, head_dim]` tensor.
+    Lookup is a longest-common-prefix scan over the entries (a few dozen; one vectorised
+    comparison each), which is cheap next to one prefilled token.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._entries: collections.OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
+        self._next_key = 0
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.tokens = 0
+
+    def lookup(self, ids: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """The longest prefix of `ids` some entry holds, and that entry's keys/values."""
+        best, best_key = 0, None
+        for key, (stored, _) in self._entries.items():
+            if min(len(stored), len(ids)) <= best:
+                continue
+            n = _common_prefix(stored, ids)
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self._entries.move_to_end(best_key)
+        return best, self._entries[best_key][1]
+
+    def insert(self, ids: torch.Tensor, kv: torch.Tensor) -> None:
+        """Store a prompt; entries that are prefixes of it are dropped (it serves them too)."""
+        if len(ids) > self.max_tokens:
+            return
+        for key, (stored, _) in list(self._entries.items()):
+            if _common_prefix(stored, ids) == min(len(stored), len(ids)):
+                if len(stored) >= len(ids):  # already covered
+                    self._entries.move_to_end(key)
+                    return
+                self.tokens -= len(stored)
+                del self._entries[key]
+        while self._entries and self.tokens + len(ids) > self.max_tokens:
+            stored, _ = self._entries.popitem(last=False)[1]
+            self.tokens -= len(stored)
+        self._entries[self._next_key] = (ids, kv)
+        self._next_key += 1
+        self.tokens += len(ids)
+
+
 # -- the slot cache -------------------------------------------------------------------
 class _Window:
     """Which part of the slot buffers a forward pass reads and writes."""
@@ -185,16 +251,18 @@ class GenerationEngine:
         max_context: int = 4096,
         seed: int = 0,
         max_tokens_in_flight: int = 32768,
-        share_prefix: bool = False,
-        share_prefix_min: int = 64,
+        prefix_cache_tokens: int = 16384,
+        prefix_cache_min: int = 16,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_context = max_context
         self.max_tokens_in_flight = max_tokens_in_flight
-        self.share_prefix = share_prefix
-        self.share_prefix_min = share_prefix_min
+        # 0 disables the prefix cache; a hit shorter than prefix_cache_min is not worth a copy.
+        self._prefixes = _PrefixStore(prefix_cache_tokens)
+        self.prefix_cache_min = max(1, prefix_cache_min)
+        self._weights_version: int | None = None
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
@@ -415,82 +483,109 @@ class GenerationEngine:
         self.stats["relayouts"] += 1
         self.stats["relayout_s"] += time.perf_counter() - t0
 
-    def _groups(self, chosen: list[_Request]) -> list[tuple[int, list[_Request]]]:
-        """Split admitted requests into (shared prefix length, members) groups."""
-        if not self.share_prefix or len(chosen) < 2:
-            return [(0, chosen)]
-        k = self.share_prefix_min
-        by_key: dict[tuple[int, ...], list[_Request]] = {}
-        for req in chosen:
-            key = tuple(req.prompt_ids[:k]) if len(req.prompt_ids) > k else ()
-            by_key.setdefault(key, []).append(req)
-        groups, plain = [], []
-        for key, members in by_key.items():
-            if not key or len(members) < 2:
-                plain.extend(members)
-                continue
-            prefix = min(len(r.prompt_ids) for r in members) - 1  # every member keeps >= 1 suffix token
-            first = members[0].prompt_ids
-            for r in members[1:]:
-                n = 0
-                while n < prefix and r.prompt_ids[n] == first[n]:
-                    n += 1
-                prefix = n
-            if prefix >= k:
-                groups.append((prefix, members))
-            else:
-                plain.extend(members)
-        if plain:
-            groups.append((0, plain))
-        return groups
+    def _weights_changed(self) -> bool:
+        """True when a parameter was updated in place since the last call (optimizer step, load)."""
+        version = sum(p._version for p in self.model.parameters())
+        changed = version != self._weights_version
+        self._weights_version = version
+        return changed
 
     def _prefill(self, chosen: list[_Request]) -> None:
+        """Prefill admitted requests into slots `R..R+n-1`, reusing stored prefixes.
+
+        Requests with no reusable prefix are prefilled together in one left-padded batch
+        and stored; then each request that shares a prefix with a stored prompt (one of
+        that batch included: the G copies of a group's first prompt) gets those keys and
+        values copied into its slot and prefills only its own suffix, one row per forward
+        pass (a prefill is compute-bound here, so batching suffixes would gain little).
+        """
         t0 = time.perf_counter()
+        if self._weights_changed():
+            self._prefixes.clear()
         window = self._cache.window
         col, off = window.col, window.off
-        device = self._mask.device
-        logits_rows: list[torch.Tensor] = []
-        order: list[_Request] = []
+        use_store = self._prefixes.max_tokens > 0
+        misses: list[_Request] = []
+        hits: list[_Request] = []
+        planned: list[torch.Tensor] = []
+        for req in chosen:
+            ids = torch.tensor(req.prompt_ids)
+            n = self._prefixes.lookup(ids)[0] if use_store else 0
+            n = max([n] + [_common_prefix(ids, p) for p in planned])
+            if use_store and min(n, len(ids) - 1) >= self.prefix_cache_min:
+                hits.append(req)
+            else:
+                misses.append(req)
+                planned.append(ids) if use_store else None
         r0 = len(self._rows)
-        for prefix, members in self._groups(chosen):
-            n = len(members)
-            suffix = max(len(r.prompt_ids) - prefix for r in members)
-            width = prefix + suffix
-            start = col - width
-            rows = slice(r0, r0 + n)
-            ids = torch.full((n, suffix), self.pad_id, dtype=torch.long)
-            self._mask[rows] = 0
-            for i, req in enumerate(members):
-                tail = req.prompt_ids[prefix:]
-                ids[i, suffix - len(tail) :] = torch.tensor(tail)
-                self._mask[r0 + i, start : start + prefix] = 1
-                self._mask[r0 + i, col - len(tail) : col] = 1
-                req.start = start if prefix else col - len(req.prompt_ids)
-            if prefix:
-                # the shared prefix once, in the group's first slot, then copied to the others
-                window.r0, window.r1, window.off, window.col = r0, r0 + 1, start, start
-                p_ids = torch.tensor([members[0].prompt_ids[:prefix]], device=device)
-                self._forward(p_ids, self._mask[r0 : r0 + 1, start : start + prefix],
-                              torch.arange(prefix, device=device)[None], logits_to_keep=1)
-                for layer in self._cache.layers:
-                    layer.keys[r0 + 1 : r0 + n, :, start : start + prefix] = layer.keys[r0 : r0 + 1, :, start : start + prefix]
-                    layer.values[r0 + 1 : r0 + n, :, start : start + prefix] = layer.values[r0 : r0 + 1, :, start : start + prefix]
-                self.stats["prefix_tokens_saved"] += prefix * (n - 1)
-            window.r0, window.r1, window.off, window.col = r0, r0 + n, start, start + prefix
-            mask = self._mask[rows, start:col]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits_rows.append(self._forward(ids.to(device), mask, positions[:, prefix:], logits_to_keep=1))
-            self._pos[rows] = positions[:, -1] + 1
-            self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in members) - prefix * (n - 1)
-            order.extend(members)
-            r0 += n
-        window.r0, window.r1 = 0, r0
+        logits_rows: list[torch.Tensor] = []
+        if misses:
+            logits_rows.append(self._prefill_batch(misses, r0))
+        for i, req in enumerate(hits, start=r0 + len(misses)):
+            logits_rows.append(self._prefill_row(req, i))
+        order = misses + hits
+        window.r0, window.r1 = 0, r0 + len(order)
         window.off, window.col = min(off if self._rows else col, min(r.start for r in order)), col
-        new = slice(len(self._rows), r0)
+        new = slice(r0, r0 + len(order))
         self._rows.extend(order)
         self._next[new] = self._sample(order, torch.cat(logits_rows))
         self.stats["prefill_s"] += time.perf_counter() - t0
         self.stats["prefills"] += 1
+
+    def _prefill_batch(self, members: list[_Request], r0: int) -> torch.Tensor:
+        """Prefill whole prompts into rows r0.., right-aligned at `col` (left padding masked)."""
+        window = self._cache.window
+        col, device = window.col, self._mask.device
+        n = len(members)
+        longest = max(len(r.prompt_ids) for r in members)
+        rows = slice(r0, r0 + n)
+        ids = torch.full((n, longest), self.pad_id, dtype=torch.long)
+        self._mask[rows] = 0
+        for i, req in enumerate(members):
+            ids[i, longest - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
+            req.start = col - len(req.prompt_ids)
+            self._mask[r0 + i, req.start : col] = 1
+        window.r0, window.r1, window.off, window.col = r0, r0 + n, col - longest, col - longest
+        mask = self._mask[rows, col - longest : col]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(ids.to(device), mask, positions, logits_to_keep=1)
+        window.col = col
+        self._pos[rows] = positions[:, -1] + 1
+        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in members)
+        for i, req in enumerate(members):
+            self._store(r0 + i, req)
+        return logits
+
+    def _prefill_row(self, req: _Request, row: int) -> torch.Tensor:
+        """Prefill one prompt into `row`, copying the keys/values of its longest stored prefix."""
+        window = self._cache.window
+        col, device = window.col, self._mask.device
+        ids = torch.tensor(req.prompt_ids)
+        n, kv = self._prefixes.lookup(ids)
+        n = min(n, len(ids) - 1)  # at least one token is computed: its logits start decoding
+        req.start = start = col - len(ids)
+        if n:
+            for layer, (k, v) in zip(self._cache.layers, kv):
+                layer.keys[row, :, start : start + n] = k[:, :n]
+                layer.values[row, :, start : start + n] = v[:, :n]
+        self._mask[row] = 0
+        self._mask[row, start:col] = 1
+        window.r0, window.r1, window.off, window.col = row, row + 1, start, start + n
+        positions = torch.arange(n, len(ids), device=device)[None]
+        logits = self._forward(ids[n:][None].to(device), self._mask[row : row + 1, start:col], positions)
+        window.col = col
+        self._pos[row] = len(ids)
+        self.stats["prefill_tokens"] += len(ids) - n
+        self.stats["prefix_tokens_reused"] += n
+        self._store(row, req)
+        return logits
+
+    def _store(self, row: int, req: _Request) -> None:
+        if self._prefixes.max_tokens <= 0:
+            return
+        cols = slice(req.start, req.start + len(req.prompt_ids))
+        kv = torch.stack([torch.stack([layer.keys[row, :, cols], layer.values[row, :, cols]]) for layer in self._cache.layers])
+        self._prefixes.insert(torch.tensor(req.prompt_ids), kv)
 
     def _retire(self) -> None:
         """Resolve finished rows and fill their slots by moving the last rows into them."""
