@@ -51,7 +51,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> tuple[float, int]:
     """The machine's ceiling for `dtype` from n^3 products. The size grows from 256 up to
     n only while one product stays under a second: bf16 is emulated on CPUs without
     bf16 units (measured 0.13 GFLOP/s here), where a 2048^3 product would take minutes."""
@@ -66,7 +66,7 @@ def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * size**3 * reps / (time.perf_counter() - t) / 1e9
+    return 2 * size**3 * reps / (time.perf_counter() - t) / 1e9, size
 
 
 def load(args):
@@ -289,11 +289,11 @@ def main(argv=None) -> dict:
             gb = generate_batch_tok_s(model, tokenizer, prompt, 32, args.max_new_tokens)
             print(f"transformers generate_batch, 32 requests: {gb and round(gb, 1)} tok/s")
     n = 1024 if args.quick else 2048
-    bf16, fp32 = matmul_gflops(torch.bfloat16, n, 3), matmul_gflops(torch.float32, n, 3)
+    (bf16, n_bf16), (fp32, n_fp32) = matmul_gflops(torch.bfloat16, n, 3), matmul_gflops(torch.float32, n, 3)
     best = max(cmp8["engine_tok_s"], (cmp32 or cmp8)["engine_tok_s"])
     achieved = 2 * params * best / 1e9
-    print(f"achieved (engine decode, 2*params*tok/s): {achieved:.1f} GFLOP/s; ceiling: matmul {n}^3 bf16 {bf16:.0f} GFLOP/s, "
-          f"fp32 {fp32:.0f} GFLOP/s -> {achieved / (bf16 if args.dtype == 'bfloat16' else fp32) * 100:.1f}% of the {args.dtype} ceiling")
+    print(f"achieved (engine decode, 2*params*tok/s): {achieved:.1f} GFLOP/s; ceiling: matmul bf16 {n_bf16}^3 {bf16:.1f} GFLOP/s, "
+          f"fp32 {n_fp32}^3 {fp32:.0f} GFLOP/s -> {achieved / (bf16 if args.dtype == 'bfloat16' else fp32) * 100:.1f}% of the {args.dtype} ceiling")
     print(f"peak RSS {rss_mb():.0f} MB; load now {os.getloadavg()}")
     out = {
         "speedup_vs_peer": round((8 / g8["wall"]) / peer_tps, 3),

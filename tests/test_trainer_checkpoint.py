@@ -138,3 +138,12 @@ def test_plot_run_writes_pngs(tmp_path):
     names = {p.name for p in paths}
     assert {"reward.png", "accuracy.png", "tool_error_rate.png", "kl.png", "tool_usage.png"} <= names
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_time_budget_stops_after_the_step_under_way(tmp_path):
+    trainer = build_trainer(tiny_config(tmp_path, max_steps=5, max_train_minutes=1e-4, save_every=10),
+                            reward_fn=first_letter_reward)
+    run_dir = trainer.train()
+    assert trainer.step_done == 1
+    assert [m["step"] for m in read_metrics(run_dir)] == [1]  # the last step is logged and saved
+    assert latest_checkpoint(run_dir).name == "step-000001"

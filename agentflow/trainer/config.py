@@ -71,6 +71,9 @@ class FlowGRPOConfig:
 
     # -- schedule -----------------------------------------------------------------------
     max_steps: int | None = None  # None: `epochs` passes over the dataset
+    # wall-clock budget of one `train()` call: no step starts after it (the step under way
+    # finishes, is logged and saved); None: no limit
+    max_train_minutes: float | None = None
     epochs: int = 1
     mini_batches: int = 1  # optimizer steps per rollout batch (>1: later ones are off-policy)
     micro_batch_size: int = 4  # samples per forward/backward; gradients accumulate
@@ -122,6 +125,8 @@ class FlowGRPOConfig:
         for name in ("max_steps", "max_concurrency", "dataset_limit", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"config field {name!r} must be >= 1 or null, got {getattr(self, name)}")
+        if self.max_train_minutes is not None and not self.max_train_minutes > 0:
+            raise ConfigError(f"config field 'max_train_minutes' must be > 0 or null, got {self.max_train_minutes}")
         for name in ("learning_rate", "run_timeout_s", "advantage_eps", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"config field {name!r} must be > 0, got {getattr(self, name)}")

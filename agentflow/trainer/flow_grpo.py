@@ -339,19 +339,24 @@ class FlowGRPOTrainer:
 
     # -- training loop -------------------------------------------------------------------
     def train(self) -> Path:
-        """Run until `total_steps`; Ctrl-C saves a checkpoint of the last finished step, then re-raises."""
+        """Run until `total_steps` or `max_train_minutes`; Ctrl-C saves a checkpoint of the
+        last finished step, then re-raises."""
         last_saved = self.step_done
+        started = time.monotonic()
         try:
             while self.step_done < self.total_steps:
                 metrics = self.step(self.step_done + 1)
                 self.step_done += 1
+                last = self.step_done == self.total_steps or self._out_of_time(started)
                 if self.config.eval_every and self.eval_items and self.step_done % self.config.eval_every == 0:
                     metrics.update(self.evaluate())
-                if self.logger is not None and (self.step_done % self.config.log_every == 0 or self.step_done == self.total_steps):
+                if self.logger is not None and (self.step_done % self.config.log_every == 0 or last):
                     self.logger.log(metrics)
-                if self.step_done % self.config.save_every == 0 or self.step_done == self.total_steps:
+                if self.step_done % self.config.save_every == 0 or last:
                     self.save()
                     last_saved = self.step_done
+                if last:
+                    break
         except KeyboardInterrupt:
             if self.step_done > last_saved:
                 self.save()
@@ -360,6 +365,15 @@ class FlowGRPOTrainer:
             if self.logger is not None:
                 self.logger.close()
         return self.run_dir
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether the time budget is spent; processes stop together (the first one out of time decides)."""
+        if self.config.max_train_minutes is None:
+            return False
+        spent = torch.tensor([float(time.monotonic() - started >= 60 * self.config.max_train_minutes)])
+        if self.world > 1:
+            spent = self.accelerator.reduce(spent, reduction="max")
+        return bool(spent.item())
 
     def step(self, step: int) -> dict[str, Any]:
         """One Flow-GRPO step: rollout -> rewards -> per-run advantages -> clipped update."""

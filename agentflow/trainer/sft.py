@@ -25,11 +25,19 @@ from agentflow.trainer.config import FlowGRPOConfig
 from agentflow.trainer.rollout import collect_rollouts
 
 
-def collect_successful_turns(config: FlowGRPOConfig, graph: Any, reward_fn: Any, items: list[dict]) -> tuple[list[dict], dict]:
-    """Planner turns of runs with reward >= 1 (duplicates dropped), and collection stats."""
+def collect_successful_turns(
+    config: FlowGRPOConfig, graph: Any, reward_fn: Any, items: list[dict], deadline: float | None = None
+) -> tuple[list[dict], dict]:
+    """Planner turns of runs with reward >= 1 (duplicates dropped), and collection stats.
+
+    `deadline` (a `time.monotonic()` value): no new batch of queries starts after it, so
+    the ablation can be given the same wall-clock budget as a Flow-GRPO run.
+    """
     turns: dict[tuple, dict] = {}
     runs = successes = 0
     for start in range(0, len(items), config.queries_per_step):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         chunk = items[start : start + config.queries_per_step]
         groups = collect_rollouts(graph, chunk, config.group_size, reward_fn, node=config.planner_node,
                                   max_concurrency=config.max_concurrency, max_turns=config.max_turns,
@@ -47,42 +55,23 @@ def collect_successful_turns(config: FlowGRPOConfig, graph: Any, reward_fn: Any,
     return list(turns.values()), {"runs": runs, "successful_runs": successes, "turns": len(turns)}
 
 
-def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig) -> Path:
-    """Collect successful planner turns, SFT the planner on them; returns the run directory.
+def sft_train(model: Any, tokenizer: Any, turns: list[dict], config: FlowGRPOConfig, output_dir: Path) -> tuple[Any, float]:
+    """Fine-tune `model` on planner turns (loss on the completion only); returns (trained model, loss).
 
-    Uses the Flow-GRPO config: `sft_queries` queries x `group_size` runs are collected,
-    then `sft_epochs` epochs at `learning_rate`, `micro_batch_size` per device, LoRA if
-    `lora`. Writes `sft_data.jsonl` (ids and decoded text, for inspection), `sft_stats.json`
-    and the tuned weights in `planner/`.
+    Full fine-tuning updates `model` in place; with `config.lora` a model that has no
+    adapter yet gets one (TRL wraps it) and the returned model is the peft model.
     """
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
     from datasets import Dataset
 
-    config = FlowGRPOConfig.load(path_or_config)
-    run_dir = Path(config.output_dir) / (config.run_name or f"sft-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    train, _ = load_datasets(config)
-    graph, policy, _ = build_graph_and_models(config)
-    order = np.random.default_rng(config.seed).permutation(len(train))[: config.sft_queries]
-    items = [dict(train[int(i)]) for i in order]
-    turns, stats = collect_successful_turns(config, graph, make_reward(config.reward), items)
-    tokenizer = policy.tokenizer
-    with (run_dir / "sft_data.jsonl").open("w", encoding="utf-8") as f:
-        for t in turns:
-            text = {"prompt": tokenizer.decode(t["prompt_ids"]), "completion": tokenizer.decode(t["completion_ids"])}
-            f.write(json.dumps({**t, **text}) + "\n")
-    if not turns:
-        (run_dir / "sft_stats.json").write_text(json.dumps(stats, indent=2))
-        raise RuntimeError(f"no successful run among {stats['runs']}: nothing to fine-tune on (see {run_dir})")
     dataset = Dataset.from_list([
         {"input_ids": t["prompt_ids"] + t["completion_ids"],
          "completion_mask": [0] * len(t["prompt_ids"]) + [1] * len(t["completion_ids"])}
         for t in turns
     ])
     args = SFTConfig(
-        output_dir=str(run_dir / "sft"),
+        output_dir=str(output_dir),
         num_train_epochs=config.sft_epochs,
         learning_rate=config.learning_rate,
         per_device_train_batch_size=config.micro_batch_size,
@@ -95,12 +84,46 @@ def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig
         use_cpu=not torch.cuda.is_available(),
         bf16=config.bf16_autocast and bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu"),
     )
+    wants_adapter = config.lora and not hasattr(model, "peft_config")
     peft_config = (LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM") if config.lora else None)
-    trainer = SFTTrainer(model=policy.engine.model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM") if wants_adapter else None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     result = trainer.train()
-    stats["train_loss"] = result.training_loss
-    save_planner(trainer.model, run_dir / "planner", tokenizer)
+    trainer.model.eval()
+    return trainer.model, result.training_loss
+
+
+def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig) -> Path:
+    """Collect successful planner turns, SFT the planner on them; returns the run directory.
+
+    Uses the Flow-GRPO config: `sft_queries` queries x `group_size` runs are collected,
+    then `sft_epochs` epochs at `learning_rate`, `micro_batch_size` per device, LoRA if
+    `lora`. Writes `sft_data.jsonl` (ids and decoded text, for inspection), `sft_stats.json`
+    and the tuned weights in `planner/`.
+    """
+    config = FlowGRPOConfig.load(path_or_config)
+    run_dir = Path(config.output_dir) / (config.run_name or f"sft-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    train, _ = load_datasets(config)
+    graph, policy, _ = build_graph_and_models(config)
+    order = np.random.default_rng(config.seed).permutation(len(train))[: config.sft_queries]
+    items = [dict(train[int(i)]) for i in order]
+    turns, stats = collect_successful_turns(config, graph, make_reward(config.reward), items)
+    write_sft_data(run_dir, turns, policy.tokenizer)
+    if not turns:
+        (run_dir / "sft_stats.json").write_text(json.dumps(stats, indent=2))
+        raise RuntimeError(f"no successful run among {stats['runs']}: nothing to fine-tune on (see {run_dir})")
+    model, stats["train_loss"] = sft_train(policy.engine.model, policy.tokenizer, turns, config, run_dir / "sft")
+    save_planner(model, run_dir / "planner", policy.tokenizer)
     (run_dir / "sft_stats.json").write_text(json.dumps(stats, indent=2))
     return run_dir
+
+
+def write_sft_data(run_dir: Path, turns: list[dict], tokenizer: Any) -> None:
+    """The SFT data with decoded text beside the ids, for inspection."""
+    with (run_dir / "sft_data.jsonl").open("w", encoding="utf-8") as f:
+        for t in turns:
+            text = {"prompt": tokenizer.decode(t["prompt_ids"]), "completion": tokenizer.decode(t["completion_ids"])}
+            f.write(json.dumps({**t, **text}) + "\n")
