@@ -19,11 +19,23 @@ Sub-Goal: <what to do next, with the exact numbers or names needed>
 Tool Name: <one of: {tool_names}>
 Context: <facts from earlier steps the tool needs, or none>
 
-Example:
-Question: What is 4821 * 377?
-Sub-Goal: Multiply 4821 by 377.
-Tool Name: {example_tool}
+{examples}"""
+
+# One worked example per kind of tool the planner has; a 135M planner copies what it sees,
+# so each example shows its own kind of question.
+PLANNER_EXAMPLE = """Example:
+Question: {question}
+Sub-Goal: {sub_goal}
+Tool Name: {tool}
 Context: none"""
+
+PLANNER_EXAMPLES = {
+    "calculator": ("What is 4821 * 377?", "Multiply 4821 by 377."),
+    "python": ("What is 4821 * 377?", "Multiply 4821 by 377."),
+    "local_search": ("When was the town of Velmora founded?", "Find the founding year of Velmora."),
+    "wikipedia_search": ("When was the Eiffel Tower built?", "Find when the Eiffel Tower was built."),
+    "web_search": ("Who won the 2022 Nobel Prize in Physics?", "Find the 2022 Nobel Prize in Physics winners."),
+}
 
 PLANNER_USER = """Question: {query}
 
@@ -62,6 +74,19 @@ GENERATOR_SYSTEM = """You answer the question using the results of the steps bel
 Trust the tool results; give the final answer briefly."""
 
 GENERATOR_ANSWER_TAGS = " Put the final answer inside <answer></answer>."
+
+# The answer-format instruction some benchmark queries carry (DESIGN.md §3), appended by
+# `agentflow.evals.with_answer_instruction` where missing. It is for the generator, which
+# writes the final answer: the other modules see the question without it
+# (`agentflow.nodes.parsing.question_only`).
+ANSWER_INSTRUCTION = (
+    "When ready, output the final answer enclosed in <answer> and </answer> tags. "
+    "Do not generate any content after the </answer> tag."
+)
+
+# The generator's reply ends at its first blank line: a small model runs on past its answer
+# and starts writing "Step 2: ..." (measured on ToolMix: "155119\n\nStep 2: What is ...").
+GENERATOR_STOP = ("\n\n",)
 
 GENERATOR_USER = """Question: {query}
 

@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # sees the weight change and drops its prefix cache) and gets the same budget.
         trainer.model.load_state_dict(initial)
         t = time.monotonic()
-        deadline = t + 60 * config.max_train_minutes if config.max_train_minutes else None
+        # half the budget collects successful turns, the other half is for fine-tuning on
+        # them; the measured total is reported next to Flow-GRPO's
+        deadline = t + 30 * config.max_train_minutes if config.max_train_minutes else None
         order = torch.randperm(len(trainer.train_items), generator=torch.Generator().manual_seed(config.seed))
         items = [trainer.train_items[int(i)] for i in order[: config.sft_queries]]
         turns, sft_stats = collect_successful_turns(config, trainer.graph, trainer.reward_fn, items, deadline=deadline)

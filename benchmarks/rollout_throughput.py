@@ -156,12 +156,10 @@ def planner_prompt(model, tokenizer, args) -> list[int]:
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
     from agentflow import prompts
-    from agentflow.nodes.modules import render_memory
-    from agentflow.tools.cards import render_tool_cards
+    from agentflow.nodes.modules import planner_system_prompt, render_memory
 
     llm = make_llm(model, tokenizer, args)
-    names = [t.name for t in tools()]
-    system = prompts.PLANNER_SYSTEM.format(tool_cards=render_tool_cards(tools()), tool_names=", ".join(names), example_tool=names[0])
+    system = planner_system_prompt(tools())
     user = prompts.PLANNER_USER.format(query=QUERY, memory=render_memory([]))
     ids, _ = llm.encode_messages([SystemMessage(system), HumanMessage(user), AIMessage(prompts.PLANNER_PREFIX)])
     return ids

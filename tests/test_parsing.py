@@ -85,3 +85,13 @@ def test_parsers_never_raise(text):
 def test_planner_fuzz_structured(parts):
     action = parse_planner("".join(parts), TOOLS)
     assert (action.error is None) == bool(action.sub_goal and action.tool_name)
+
+
+def test_question_only_strips_the_answer_format_instruction():
+    from agentflow.evals.datasets import with_answer_instruction
+    from agentflow.nodes.parsing import question_only
+
+    assert question_only(with_answer_instruction("What is 5+5? boom")) == "What is 5+5? boom"
+    assert question_only(with_answer_instruction("Who founded Loma")) == "Who founded Loma"
+    assert question_only("Put the result in <answer> tags: 2+2") == "Put the result in <answer> tags: 2+2"  # other phrasings stay
+    assert question_only(with_answer_instruction("")).strip().startswith("When ready")  # nothing else: keep the query

@@ -244,6 +244,13 @@ def test_toolmix_numbers_and_strings() -> None:
     assert score("toolmix", "<answer>1,873.0</answer>", {"answer": "1873"}) == 1.0
     assert score("toolmix", "1874", {"answer": "1873"}) == 0.0
     assert score("toolmix", "krousol rilur.", {"answer": "Krousol Rilur"}) == 1.0
+    # a frozen small generator answers in sentences: the last number / the final name counts
+    assert score("toolmix", "The population of Sebin is 343,639.", {"answer": "343639"}) == 1.0
+    assert score("toolmix", "10205 + 11441 + 15138 = 36784", {"answer": "36784"}) == 1.0
+    assert score("toolmix", "343639 or 12", {"answer": "343639"}) == 0.0  # one candidate only
+    assert score("toolmix", "no number here", {"answer": "343639"}) == 0.0
+    assert score("toolmix", "It was founded by Krousol Rilur.", {"answer": "Krousol Rilur"}) == 1.0
+    assert score("toolmix", "Krousol Rilur or Bob Smith", {"answer": "Krousol Rilur"}) == 0.0
 
 
 # ------------------------------------------------------------------ errors and fuzzing

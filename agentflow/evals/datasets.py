@@ -17,6 +17,7 @@ from typing import Any
 from datasets import Dataset
 
 from agentflow.evals.toolmix import make_toolmix
+from agentflow.prompts import ANSWER_INSTRUCTION
 
 SHIPPED_BENCHMARKS: tuple[str, ...] = (
     "bamboogle", "2wiki", "hotpotqa", "musique", "aime24", "amc23", "gameof24", "medqa",
@@ -30,10 +31,6 @@ BENCHMARKS: tuple[str, ...] = (*SHIPPED_BENCHMARKS, *HUB_BENCHMARKS, "toolmix")
 
 # Exact wording the shipped aime24/bamboogle/hotpotqa queries end with (glued to the
 # question without a space there).
-ANSWER_INSTRUCTION = (
-    "When ready, output the final answer enclosed in <answer> and </answer> tags. "
-    "Do not generate any content after the </answer> tag."
-)
 
 BENCHMARKS_DIR_ENV = "AGENTFLOW_BENCHMARKS_DIR"
 

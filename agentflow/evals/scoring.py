@@ -374,14 +374,26 @@ def _score_gameof24(prediction: str, item: Mapping[str, Any]) -> float:
 # --------------------------------------------------------------------------- toolmix
 
 
+_ANY_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+
+
 def _score_toolmix(prediction: str, item: Mapping[str, Any]) -> float:
-    """Numbers compare as numbers ("1,873.0" == "1873"), anything else by normalised text."""
+    """The answer's last number equals a numeric gold ("1,873.0" == "1873"); a text gold
+    must be the whole normalised answer or its end.
+
+    ToolMix answers come from a frozen small generator that writes sentences ("The
+    population of Sebin is 343639."); the end of its sentence is its answer. Only one
+    candidate is ever compared, so an answer listing several ("1705 or 1800") does not
+    gain from it.
+    """
     answer = extract_answer(prediction)[:_MAX_ANSWER_CHARS]
     gold = str(_gold(item))
-    pred_num, gold_num = parse_number(answer), parse_number(gold)
-    if pred_num is not None and gold_num is not None:
-        return float(pred_num == gold_num)
-    return exact_match(answer, [gold])
+    gold_num = parse_number(gold)
+    if gold_num is not None:
+        numbers = _ANY_NUMBER.findall(answer)
+        return float(bool(numbers) and parse_number(numbers[-1]) == gold_num)
+    pred, key = _match_key(answer), _match_key(gold)
+    return float(pred == key or pred.endswith(" " + key))
 
 
 # --------------------------------------------------------------------------- registry

@@ -27,6 +27,7 @@ from agentflow.nodes.parsing import (
     parse_planner,
     parse_tool_arguments,
     parse_verifier,
+    question_only,
     wants_answer_tags,
 )
 from agentflow.tools.cards import render_tool_cards, tool_card
@@ -58,27 +59,44 @@ def _text(message: BaseMessage) -> str:
     return message.content if isinstance(message.content, str) else str(message.content)
 
 
-def _call(llm: BaseChatModel, system: str, user: str, prefix: str, config: RunnableConfig) -> str:
+def _call(
+    llm: BaseChatModel, system: str, user: str, prefix: str, config: RunnableConfig, stop: Sequence[str] = ()
+) -> str:
     """One chat call. A non-empty `prefix` starts the assistant's turn, but only for
     models that continue a trailing AI message (`continues_final_message`, e.g.
     LocalChatModel); API chat models such as ChatOpenAI would answer it as a finished
-    turn, so they get the plain conversation and write the whole reply themselves."""
+    turn, so they get the plain conversation and write the whole reply themselves.
+    `stop` is for those same small local models (they run on past their answer); API
+    models end their own turn and get no stop sequences."""
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
-    if not (prefix and getattr(llm, "continues_final_message", False)):
+    if not getattr(llm, "continues_final_message", False):
         return _text(llm.invoke(messages, config))
-    messages.append(AIMessage(prefix))
-    return prefix + _text(llm.invoke(messages, config))
+    if prefix:
+        messages.append(AIMessage(prefix))
+    return prefix + _text(llm.invoke(messages, config, stop=list(stop) or None))
+
+
+def planner_system_prompt(tools: Sequence[BaseTool]) -> str:
+    """The planner's system prompt: tool cards, names, one example per kind of tool."""
+    names = [t.name for t in tools]
+    shown = [n for n in names if n in prompts.PLANNER_EXAMPLES]
+    if "calculator" in shown and "python" in shown:
+        shown.remove("python")  # the same arithmetic example twice teaches nothing
+    arithmetic = prompts.PLANNER_EXAMPLES["calculator"]
+    examples = "\n\n".join(
+        prompts.PLANNER_EXAMPLE.format(question=q, sub_goal=g, tool=name)
+        for name in (shown or names[:1])
+        for q, g in [prompts.PLANNER_EXAMPLES.get(name, arithmetic)]
+    )
+    return prompts.PLANNER_SYSTEM.format(tool_cards=render_tool_cards(tools), tool_names=", ".join(names), examples=examples)
 
 
 def make_planner(llm: BaseChatModel, tools: Sequence[BaseTool]) -> Node:
     names = [t.name for t in tools]
-    example_tool = next((n for n in ("calculator", "python") if n in names), names[0])
-    system = prompts.PLANNER_SYSTEM.format(
-        tool_cards=render_tool_cards(tools), tool_names=", ".join(names), example_tool=example_tool
-    )
+    system = planner_system_prompt(tools)
 
     def planner(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
-        user = prompts.PLANNER_USER.format(query=state["query"], memory=render_memory(state.get("memory", [])))
+        user = prompts.PLANNER_USER.format(query=question_only(state["query"]), memory=render_memory(state.get("memory", [])))
         action = parse_planner(_call(llm, system, user, prompts.PLANNER_PREFIX, config), names)
         update: dict[str, Any] = {
             "turn": state.get("turn", 0) + 1,
@@ -136,7 +154,7 @@ def _execute(
         tool_name=tool.name, tool_card=f"{card['description']}\nArguments: {args_hint}", example=example
     )
     user = prompts.EXECUTOR_USER.format(
-        query=state["query"], sub_goal=record["sub_goal"], context=state.get("context") or "none"
+        query=question_only(state["query"]), sub_goal=record["sub_goal"], context=state.get("context") or "none"
     )
     parsed = parse_tool_arguments(_call(llm, system, user, prefix, config), tool)
     if parsed.args is None:
@@ -159,7 +177,7 @@ def _execute(
 
 def make_verifier(llm: BaseChatModel) -> Node:
     def verifier(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
-        user = prompts.VERIFIER_USER.format(query=state["query"], memory=render_memory(state.get("memory", [])))
+        user = prompts.VERIFIER_USER.format(query=question_only(state["query"]), memory=render_memory(state.get("memory", [])))
         verdict, _ = parse_verifier(_call(llm, prompts.VERIFIER_SYSTEM, user, prompts.VERIFIER_PREFIX, config))
         return {"verdict": verdict}
 
@@ -170,8 +188,10 @@ def make_generator(llm: BaseChatModel) -> Node:
     def generator(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
         query = state["query"]
         system = prompts.GENERATOR_SYSTEM + (prompts.GENERATOR_ANSWER_TAGS if wants_answer_tags(query) else "")
-        user = prompts.GENERATOR_USER.format(query=query, memory=render_memory(state.get("memory", [])))
-        response = _call(llm, system, user, "", config)
+        # the tag instruction is in the system prompt; repeated in the question, a small
+        # generator tends to echo it instead of answering
+        user = prompts.GENERATOR_USER.format(query=question_only(query), memory=render_memory(state.get("memory", [])))
+        response = _call(llm, system, user, "", config, prompts.GENERATOR_STOP)
         return {"response": response, "answer": extract_answer(response)}
 
     return generator

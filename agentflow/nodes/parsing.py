@@ -12,6 +12,8 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ValidationError
 
+from agentflow import prompts
+
 _FIELD = re.compile(
     r"(?im)^[\s*#>-]*(context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]\s*\**(.*?)\s*(?=^[\s*#>-]*(?:context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]|\Z)",
     re.S,
@@ -169,6 +171,18 @@ def extract_answer(text: str) -> str:
     if opened != -1:
         return text[opened + len("<answer>") :].strip()
     return text.strip()
+
+
+def question_only(query: str) -> str:
+    """`query` without the answer-format instruction (`prompts.ANSWER_INSTRUCTION`).
+
+    The instruction is for the generator, which writes the final answer; a small planner
+    shown it starts writing "<answer>" instead of a plan, and a small generator echoes it
+    (both measured on ToolMix with the 135M model). Every module gets the question alone;
+    the generator's system prompt asks for the tags when the query wanted them.
+    """
+    stripped = query.replace(prompts.ANSWER_INSTRUCTION, "").strip()
+    return stripped or query
 
 
 def wants_answer_tags(query: str) -> bool:
