@@ -127,10 +127,11 @@ def plot(run_dir: Path, results: dict[str, dict[str, Any]], output: Path) -> lis
         values = [m[key] for m in metrics]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(steps, values, marker=".", alpha=0.5, label="per step")
-        window = max(1, len(values) // 8)
-        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-                  for i in range(len(values))]
-        ax.plot(steps, smooth, label=f"mean of last {window}")
+        window = len(values) // 8
+        if window > 1:  # a running mean once there are enough steps for one to mean something
+            smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, label=f"mean of last {window}")
         ax.set_xlabel("Flow-GRPO step")
         ax.set_ylabel(label)
         ax.legend()
