@@ -126,6 +126,10 @@ class _Request:
     finish_reason: str | None = None
     start: int = 0  # first buffer column this row uses
 
+    def __post_init__(self) -> None:
+        # the prompt as a tensor once: prefill, prefix lookups and the prefix store share it
+        self.ids = torch.tensor(self.prompt_ids, dtype=torch.long)
+
 
 class RequestTooLarge(ValueError):
     """A single request cannot fit the engine's token budget."""
@@ -504,19 +508,15 @@ class GenerationEngine:
             self._prefixes.clear()
         window = self._cache.window
         col, off = window.col, window.off
-        use_store = self._prefixes.max_tokens > 0
         misses: list[_Request] = []
         hits: list[_Request] = []
-        planned: list[torch.Tensor] = []
         for req in chosen:
-            ids = torch.tensor(req.prompt_ids)
-            n = self._prefixes.lookup(ids)[0] if use_store else 0
-            n = max([n] + [_common_prefix(ids, p) for p in planned])
-            if use_store and min(n, len(ids) - 1) >= self.prefix_cache_min:
-                hits.append(req)
-            else:
+            if not self._prefix_cache_on:
                 misses.append(req)
-                planned.append(ids) if use_store else None
+                continue
+            # a prefix held by the store, or by a miss of this admission (stored before the hits run)
+            n = max([self._prefixes.lookup(req.ids)[0]] + [_common_prefix(req.ids, m.ids) for m in misses])
+            (hits if min(n, len(req.ids) - 1) >= self.prefix_cache_min else misses).append(req)
         r0 = len(self._rows)
         logits_rows: list[torch.Tensor] = []
         if misses:
@@ -542,7 +542,7 @@ class GenerationEngine:
         ids = torch.full((n, longest), self.pad_id, dtype=torch.long)
         self._mask[rows] = 0
         for i, req in enumerate(members):
-            ids[i, longest - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
+            ids[i, longest - len(req.prompt_ids) :] = req.ids
             req.start = col - len(req.prompt_ids)
             self._mask[r0 + i, req.start : col] = 1
         window.r0, window.r1, window.off, window.col = r0, r0 + n, col - longest, col - longest
@@ -560,7 +560,7 @@ class GenerationEngine:
         """Prefill one prompt into `row`, copying the keys/values of its longest stored prefix."""
         window = self._cache.window
         col, device = window.col, self._mask.device
-        ids = torch.tensor(req.prompt_ids)
+        ids = req.ids
         n, kv = self._prefixes.lookup(ids)
         n = min(n, len(ids) - 1)  # at least one token is computed: its logits start decoding
         req.start = start = col - len(ids)
@@ -580,12 +580,16 @@ class GenerationEngine:
         self._store(row, req)
         return logits
 
+    @property
+    def _prefix_cache_on(self) -> bool:
+        return self._prefixes.max_tokens > 0
+
     def _store(self, row: int, req: _Request) -> None:
-        if self._prefixes.max_tokens <= 0:
+        if not self._prefix_cache_on:
             return
         cols = slice(req.start, req.start + len(req.prompt_ids))
         kv = torch.stack([torch.stack([layer.keys[row, :, cols], layer.values[row, :, cols]]) for layer in self._cache.layers])
-        self._prefixes.insert(torch.tensor(req.prompt_ids), kv)
+        self._prefixes.insert(req.ids, kv)
 
     def _retire(self) -> None:
         """Resolve finished rows and fill their slots by moving the last rows into them."""
