@@ -75,8 +75,9 @@ Trust the tool results; give the final answer briefly."""
 
 GENERATOR_ANSWER_TAGS = " Put the final answer inside <answer></answer>."
 
-# The answer-format instruction some benchmark queries carry (DESIGN.md §3), appended by
-# `agentflow.evals.with_answer_instruction` where missing. It is for the generator, which
+# The answer-format instruction some benchmark queries carry (DESIGN.md §3; the shipped
+# aime24/bamboogle/hotpotqa queries end with exactly this, glued to the question without a
+# space), appended by `agentflow.evals.with_answer_instruction` where missing. It is for the generator, which
 # writes the final answer: the other modules see the question without it
 # (`agentflow.nodes.parsing.question_only`).
 ANSWER_INSTRUCTION = (

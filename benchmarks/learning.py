@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from agentflow.trainer import FlowGRPOConfig, build_trainer, read_metrics  # noqa: E402
-from agentflow.trainer.rollout import collect_rollouts  # noqa: E402
 from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,21 +45,13 @@ QUICK = dict(group_size=2, queries_per_step=2, max_steps=2, max_turns=1, max_new
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(trainer, items: list[dict], config: FlowGRPOConfig) -> list[dict[str, Any]]:
+def evaluate(trainer, items: list[dict]) -> list[dict[str, Any]]:
     """One greedy run of the graph per item; a row per item with what the planner did."""
-    policy = trainer.policy
-    temperature, policy.temperature = policy.temperature, 0.0
-    try:
-        groups = collect_rollouts(trainer.graph, items, 1, trainer.reward_fn, node=config.planner_node,
-                                  max_concurrency=config.max_concurrency, max_turns=config.max_turns,
-                                  max_seconds=config.run_timeout_s)
-    finally:
-        policy.temperature = temperature
     return [
         {"pid": run.item.get("pid"), "type": run.item.get("type", "all"), "reward": run.reward,
          "turns": run.n_turns, "tool_errors": run.tool_errors, "tools": dict(run.tools),
          "failed": run.failed, "answer": run.answer}
-        for (run,) in groups
+        for run in trainer.greedy_runs(items)
     ]
 
 
@@ -194,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, dict[str, Any]] = {}
     t = time.monotonic()
-    results["untrained"] = summarize(evaluate(trainer, test_items, config))
+    results["untrained"] = summarize(evaluate(trainer, test_items))
     print(f"untrained: accuracy {results['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
 
     t = time.monotonic()
@@ -202,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_minutes = (time.monotonic() - t) / 60
     print(f"Flow-GRPO: {trainer.step_done} steps in {train_minutes:.1f} min -> {run_dir}", flush=True)
     t = time.monotonic()
-    results["flowgrpo"] = summarize(evaluate(trainer, test_items, config))
+    results["flowgrpo"] = summarize(evaluate(trainer, test_items))
     print(f"flowgrpo: accuracy {results['flowgrpo']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
 
     sft_minutes = sft_stats = None
@@ -225,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trainer.policy.engine.model = model  # the same module, or its peft wrapper with LoRA
         sft_minutes = (time.monotonic() - t) / 60
         print(f"SFT: {sft_stats} in {sft_minutes:.1f} min", flush=True)
-        results["sft"] = summarize(evaluate(trainer, test_items, config))
+        results["sft"] = summarize(evaluate(trainer, test_items))
         print(f"sft: accuracy {results['sft']['accuracy']:.1%}", flush=True)
 
     print()

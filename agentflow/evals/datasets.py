@@ -29,9 +29,6 @@ HUB_BENCHMARKS: dict[str, tuple[str, str, str]] = {
 }
 BENCHMARKS: tuple[str, ...] = (*SHIPPED_BENCHMARKS, *HUB_BENCHMARKS, "toolmix")
 
-# Exact wording the shipped aime24/bamboogle/hotpotqa queries end with (glued to the
-# question without a space there).
-
 BENCHMARKS_DIR_ENV = "AGENTFLOW_BENCHMARKS_DIR"
 
 

@@ -34,7 +34,6 @@ error rate: tool errors / tool calls.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -498,6 +497,6 @@ def parse_turns(text: str | None) -> list[int] | None:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise ValueError(f"--sweep-max-turns takes comma-separated integers, got {text!r}") from exc
-    if not values or any(v < 1 or math.isnan(v) for v in values):
+    if not values or any(v < 1 for v in values):
         raise ValueError(f"--sweep-max-turns takes integers >= 1, got {text!r}")
     return values

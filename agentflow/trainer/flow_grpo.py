@@ -490,9 +490,8 @@ class FlowGRPOTrainer:
         return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
 
     # -- evaluation and metrics -------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy of the current planner on the eval items (sharded across processes)."""
-        items = self.eval_items[self.rank :: self.world]
+    def greedy_runs(self, items: Sequence[dict[str, Any]]) -> list[RunResult]:
+        """One greedy graph run per item with the current planner (the others decode as built)."""
         temperature, self.policy.temperature = self.policy.temperature, 0.0
         try:
             groups = collect_rollouts(self.graph, items, 1, self.reward_fn, node=self.config.planner_node,
@@ -500,7 +499,12 @@ class FlowGRPOTrainer:
                                       max_seconds=self.config.run_timeout_s)
         finally:
             self.policy.temperature = temperature
-        rewards = [r for part in _gather([g[0].reward for g in groups], self.world) for r in part]
+        return [run for (run,) in groups]
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy of the current planner on the eval items (sharded across processes)."""
+        runs = self.greedy_runs(self.eval_items[self.rank :: self.world])
+        rewards = [r for part in _gather([run.reward for run in runs], self.world) for r in part]
         return {"eval_accuracy": float(np.mean(rewards)) if rewards else float("nan"), "eval_items": len(rewards)}
 
     def _metrics(
