@@ -1,6 +1,6 @@
 """Rollout throughput: AgentFlow graph runs through the `GenerationEngine` vs a plain peer.
 
-    python benchmarks/rollout_throughput.py            # the real embedded SmolLM2-135M, bf16
+    python benchmarks/rollout_throughput.py            # the real embedded SmolLM2-135M
     python benchmarks/rollout_throughput.py --quick    # seconds: fewer runs and tokens
     python benchmarks/rollout_throughput.py --quick --tiny   # random 2-layer model (the test)
 
@@ -10,8 +10,8 @@
     G = 8 and G = 32.
 Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7, seed.
 Then raw `model.generate` vs the engine alone at the batch size the engine reached (same
-prompt, same number of tokens), achieved GFLOP/s next to a large matmul, peak RSS, and
-the engine's prefix cache off vs on at G=8. The last line is one JSON object. Prints
+prompt, same number of tokens), achieved GFLOP/s next to a large matmul, peak RSS, and at
+G=8 the engine's prefix cache off vs on and its lean forward off vs on. The last line is one JSON object. Prints
 figures; not a timed test.
 """
 
@@ -116,18 +116,18 @@ def run_peer(model, tokenizer, args) -> dict:
     return {"wall": wall, "runs": len(states), "turns": turns_of(states), "calls": counter.calls, "tokens": counter.tokens}
 
 
-def make_llm(model, tokenizer, args, prefix_cache=True):
+def make_llm(model, tokenizer, args, prefix_cache=True, fast_forward=True):
     from agentflow.models import GenerationEngine, LocalChatModel
 
-    engine = GenerationEngine(model, tokenizer, max_batch_size=32, seed=args.seed,
+    engine = GenerationEngine(model, tokenizer, max_batch_size=32, seed=args.seed, fast_forward=fast_forward,
                               **({} if prefix_cache else {"prefix_cache_tokens": 0}))
     return LocalChatModel(engine=engine, model_name="bench", temperature=0.7, max_new_tokens=args.max_new_tokens)
 
 
-def run_engine(model, tokenizer, args, g: int, prefix_cache=True) -> dict:
+def run_engine(model, tokenizer, args, g: int, prefix_cache=True, fast_forward=True) -> dict:
     from agentflow import build_agentflow
 
-    llm = make_llm(model, tokenizer, args, prefix_cache)
+    llm = make_llm(model, tokenizer, args, prefix_cache, fast_forward)
     graph = build_agentflow(llm, tools(), max_turns=3)
     engine = llm.engine
     graph.batch([{"query": QUERY}] * 2, config={"max_concurrency": 2})  # warm-up (thread, allocator)
@@ -268,6 +268,12 @@ def main(argv=None) -> dict:
           f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s for {g8['prefill_tokens']} tok, "
           f"{g8['prefix_tokens_reused']} reused) -> {off['wall'] / g8['wall']:.2f}x; sampling differs run to run "
           f"(turns off {statistics.mean(off['turns']):.2f}, on {statistics.mean(g8['turns']):.2f})")
+
+    hf = run_engine(model, tokenizer, args, 8, fast_forward=False)
+    print(f"lean forward G=8: off (transformers' forward) {8 / hf['wall']:.3f} traj/s (prefill {hf['prefill_s']:.1f}s, "
+          f"decode {hf['decode_s']:.1f}s = {1000 * hf['decode_s'] / max(hf['steps'], 1):.0f} ms/step at {hf['mean_rows']:.1f} rows) "
+          f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s, decode {g8['decode_s']:.1f}s = "
+          f"{1000 * g8['decode_s'] / max(g8['steps'], 1):.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x")
 
     prompt = planner_prompt(model, tokenizer, args)
     batch = max(1, round(g8["mean_rows"]))

@@ -11,9 +11,15 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from agentflow.models import GenerationEngine, LocalChatModel, RequestTooLarge, SamplingParams, tiny_model
 
 
+@pytest.fixture(params=[True, False], ids=["fast_forward", "transformers_forward"])
+def fast_forward(request):
+    """Every engine test runs on both forwards: the lean one and transformers' own."""
+    return request.param
+
+
 @pytest.fixture
-def engine(tokenizer):
-    return GenerationEngine(tiny_model(vocab_size=len(tokenizer)), tokenizer, seed=0)
+def engine(tokenizer, fast_forward):
+    return GenerationEngine(tiny_model(vocab_size=len(tokenizer)), tokenizer, seed=0, fast_forward=fast_forward)
 
 
 def _prompts(tokenizer, n):
@@ -112,10 +118,10 @@ def test_requests_joining_mid_flight_match_one_at_a_time(engine, tokenizer):
 
 
 @pytest.mark.parametrize("prefix_cache_tokens", [0, 4096])
-def test_token_budget_and_prefix_cache_keep_outputs(tokenizer, prefix_cache_tokens):
+def test_token_budget_and_prefix_cache_keep_outputs(tokenizer, prefix_cache_tokens, fast_forward):
     model = tiny_model(vocab_size=len(tokenizer))
     small = GenerationEngine(model, tokenizer, seed=0, max_tokens_in_flight=160,
-                             prefix_cache_tokens=prefix_cache_tokens, prefix_cache_min=8)
+                             prefix_cache_tokens=prefix_cache_tokens, prefix_cache_min=8, fast_forward=fast_forward)
     free = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0)
     shared = tokenizer.encode("A long shared system prompt with tool cards and the question. " * 2)
     prompts = [shared + tokenizer.encode(f" variant {i}" * (i + 1)) for i in range(5)]
@@ -139,10 +145,10 @@ def _graph_like_prompts(tokenizer):
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
-def test_prefix_cache_matches_uncached_engine(tokenizer, temperature):
+def test_prefix_cache_matches_uncached_engine(tokenizer, temperature, fast_forward):
     """Reused prefixes give the ids and log-probs of a full prefill, alone or batched."""
     model = tiny_model(vocab_size=len(tokenizer))
-    cached = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    cached = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8, fast_forward=fast_forward)
     plain = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0)
     prompts = _graph_like_prompts(tokenizer)
     params = [SamplingParams(max_new_tokens=8, temperature=temperature, seed=i) for i in range(len(prompts))]
@@ -158,10 +164,10 @@ def test_prefix_cache_matches_uncached_engine(tokenizer, temperature):
     assert plain.stats["prefix_tokens_reused"] == 0
 
 
-def test_prefix_cache_is_dropped_when_weights_change(tokenizer):
-    """An optimizer step between rollouts must not leave keys/values of the old weights in use."""
+def test_prefix_cache_is_dropped_when_weights_change(tokenizer, fast_forward):
+    """An optimizer step between rollouts must not leave keys/values (or packed weights) of the old weights in use."""
     model = tiny_model(vocab_size=len(tokenizer))
-    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8, fast_forward=fast_forward)
     prompt = _graph_like_prompts(tokenizer)[0]
     params = SamplingParams(max_new_tokens=8)
     before = engine.generate(prompt, params)
@@ -169,7 +175,8 @@ def test_prefix_cache_is_dropped_when_weights_change(tokenizer):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # in place, as an optimizer does
     after = engine.generate(prompt, params)
-    fresh = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0).generate(prompt, params)
+    fresh = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0, fast_forward=False).generate(prompt, params)
+    assert after.completion_ids == fresh.completion_ids
     assert after.logprobs == pytest.approx(fresh.logprobs, abs=1e-4)
     assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4)
 

@@ -1,0 +1,99 @@
+"""The engine's lean forward (agentflow/models/fast_forward.py) against transformers' own.
+
+Tiny random models: what is checked is that both forwards compute the same function
+(ids equal, log-probs within 1e-4: oneDNN sums in another order than MKL), for a plain
+Llama, a peft LoRA policy (adapter active, updated in place, disabled) and a Qwen2 with
+q/k/v biases; and that a model it does not cover falls back to transformers' forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentflow.models import GenerationEngine, SamplingParams, tiny_model
+from agentflow.models.fast_forward import FastForward
+
+
+def _prompts(tokenizer):
+    shared = tokenizer.encode("System: plan with tools: calculator, python, search. " * 2)
+    return [shared + tokenizer.encode(f" Question {i}: what is {i} * 7?" * (1 + i % 3)) for i in range(5)]
+
+
+def _reference_logprobs(model, prompt, completion):
+    """Log-probs of `completion` from one full forward pass of the model itself (greedy: T=1)."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+def _check_against_model(engine, model, prompts):
+    outs = [f.result() for f in [engine.submit(p, SamplingParams(max_new_tokens=8)) for p in prompts]]
+    for prompt, out in zip(prompts, outs):
+        assert out.logprobs == pytest.approx(_reference_logprobs(model, prompt, out.completion_ids), abs=1e-4)
+    return outs
+
+
+def test_lean_forward_matches_transformers_batched_with_prefix_hits(tokenizer):
+    model = tiny_model(vocab_size=len(tokenizer))
+    fast = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    slow = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8, fast_forward=False)
+    assert fast._fast is not None and slow._fast is None
+    prompts = _prompts(tokenizer)
+    a = _check_against_model(fast, model, prompts)
+    b = [slow.generate(p, SamplingParams(max_new_tokens=8)) for p in prompts]
+    assert [x.completion_ids for x in a] == [x.completion_ids for x in b]
+    assert fast.stats["prefix_tokens_reused"] > 0
+
+
+def test_lora_policy_is_merged_and_follows_updates(tokenizer):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_model(vocab_size=len(tokenizer)),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():  # LoRA B starts at zero: make the adapter matter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.eval()
+    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    assert engine._fast is not None
+    prompts = _prompts(tokenizer)[:3]
+    first = _check_against_model(engine, model, prompts)
+    with torch.no_grad():  # an optimizer step on the adapter only
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    second = _check_against_model(engine, model, prompts)
+    assert [o.logprobs for o in first] != [o.logprobs for o in second]
+    with model.disable_adapter():  # the KL reference view of the same model
+        _check_against_model(engine, model, prompts)
+
+
+def test_qwen2_biases(tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=2, pad_token_id=2)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_()
+            layer.self_attn.k_proj.bias.normal_()
+    assert FastForward.unsupported(model) is None
+    _check_against_model(GenerationEngine(model, tokenizer, seed=0), model, _prompts(tokenizer)[:3])
+
+
+def test_uncovered_model_falls_back_to_transformers(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4,
+                                       eos_token_id=2, pad_token_id=2)).eval()
+    assert "gpt2" in FastForward.unsupported(model)
+    with pytest.raises(ValueError, match="does not cover"):
+        FastForward(model)
+    engine = GenerationEngine(model, tokenizer, seed=0)
+    assert engine._fast is None
+    _check_against_model(engine, model, _prompts(tokenizer)[:2])
