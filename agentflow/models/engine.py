@@ -28,13 +28,20 @@ So the KV cache here is a *slot cache* (`_SlotCache`): per layer one preallocate
 `[slots, kv_heads, width, head_dim]` buffer. All active rows occupy slots `0..R-1` and
 share one write column: a decode step writes column `col` for every row with an indexed
 copy (no concatenation) and attention reads the window `[off, col]`, where `off` is the
-earliest column any live row uses. A new request is prefilled straight into a free slot,
-right-aligned so that its prompt ends at `col` (left padding masked out, positions given
-explicitly, so its numbers are those of an unpadded run). A finished row's slot is
-refilled by moving the last row into it (one row copied, not the whole cache). The
-buffers are re-laid out (one copy of the live window) only when a new prompt is longer
-than the columns to the left of `col`, or the right margin cannot hold the remaining
-tokens of every row, or more slots are needed.
+earliest column any live row uses. A new request goes into a free slot, right-aligned so
+that its prompt ends at column `col` (left padding masked out, positions given
+explicitly, so its numbers are those of an unpadded run), and is prefilled *in the same
+forward pass* as the running rows' decode step: one pass reads the weights once for
+both (on this CPU a decode step of 5 rows costs ~100 ms, mostly reading weights; folding
+it into the ~45 prefills of a G=8 rollout saves that much per admission). A finished
+row's slot is refilled by moving the last row into it (one row copied, not the whole
+cache). The buffers are re-laid out (one copy of the live window) only when a new prompt
+is longer than the columns to the left of `col`, or the right margin cannot hold the
+remaining tokens of every row, or more slots are needed.
+
+The forward pass itself is `fast_forward.FastForward` for Llama-family models (fused,
+oneDNN-packed projections; ~2x transformers' forward per decode step here) and
+transformers' own forward, one call per segment through `_SlotLayer`, for the rest.
 
 Prefix cache: node calls repeat long prompt prefixes. The G runs of a group send the
 same first planner prompt; every planner, verifier and generator prompt of a query
@@ -45,9 +52,12 @@ prefixes dominated rollout time. `_PrefixStore` keeps the keys/values of recent 
 (an LRU bounded by `prefix_cache_tokens`); a new request copies the keys/values of its
 longest common prefix with any stored prompt into its slot and prefills only the rest.
 Causal attention makes the first n positions of a stored prompt valid for any prompt
-that shares those n tokens. Stored entries are dropped when the model's weights change
-(the tensors' version counters move on every in-place update, e.g. an optimizer step),
-so a trainer that updates the policy between rollouts never decodes with stale keys.
+that shares those n tokens. A request whose longest prefix is a prompt admitted in the same pass
+waits one step for it (so a group's G identical first prompts are prefilled once).
+Stored entries are dropped when the model changes (a version counter moves on every
+in-place update, e.g. an optimizer step; a parameter is replaced; a peft adapter is
+toggled), so a trainer that updates the policy between rollouts never decodes with
+stale keys.
 The benchmark measures what this saves (`prefix_tokens_reused`).
 
 Memory is bounded: at most `max_batch_size` rows, and the cache buffers never hold more
@@ -204,6 +214,20 @@ class _Window:
         self.r0 = self.r1 = self.off = self.col = 0
 
 
+@dataclass
+class _Segment:
+    """Rows r0..r1 compute `ids` [rows, q], writing keys/values at columns col..col+q and
+    attending to columns off..col+q where `mask` [rows, col+q-off] is 1."""
+
+    r0: int
+    r1: int
+    off: int
+    col: int
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+
+
 class _SlotLayer(DynamicLayer):
     """One layer's keys/values in preallocated buffers; `update` writes, never concatenates."""
 
@@ -352,20 +376,23 @@ class GenerationEngine:
                 self._cache_args[key] = self._cache_arg(base())
         return self._cache_args[key]
 
-    def _forward(self, ids, mask, positions):
-        """Last-position logits of `ids` for the rows and columns of the cache window."""
+    def _forward(self, segments: list[_Segment]) -> torch.Tensor:
+        """Last-position logits of every row of every segment, in row order."""
         if self._fast is not None:
-            return self._fast(self._cache.layers, self._cache.window, ids, mask, positions)
-        model = self.model
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_arg(model): self._cache},
-        )
-        return out.logits[:, -1, :]
+            return self._fast(self._cache.layers, segments)
+        model, window, logits = self.model, self._cache.window, []
+        for seg in segments:  # transformers' forward: one pass per segment, through _SlotLayer
+            window.r0, window.r1, window.off, window.col = seg.r0, seg.r1, seg.off, seg.col
+            out = model(
+                input_ids=seg.ids,
+                attention_mask=seg.mask,
+                position_ids=seg.positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_arg(model): self._cache},
+            )
+            logits.append(out.logits[:, -1, :])
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     # -- worker -----------------------------------------------------------------
     def _serve(self) -> None:
@@ -404,8 +431,7 @@ class GenerationEngine:
                 with torch.inference_mode():
                     if self._pending and len(self._rows) < self.max_batch_size:
                         self._admit()
-                    self._retire()
-                    if self._rows:
+                    if self._rows or self._admitting:
                         self._step()
                         self._retire()
             except BaseException as exc:  # surface the error to every waiting caller
@@ -438,6 +464,13 @@ class GenerationEngine:
         left = live
         while self._pending and rows + len(chosen) < self.max_batch_size:
             req = self._pending[0]
+            if chosen and self._prefix_cache_on:
+                # Its best prefix is a prompt admitted in this same pass, whose keys and
+                # values exist only after this step: it joins one step later and reuses them
+                # (the G copies of a group's first prompt are prefilled once, not G times).
+                same = max(_common_prefix(req.ids, c.ids) for c in chosen)
+                if min(same, len(req.ids) - 1) >= self.prefix_cache_min and same > self._prefixes.lookup(req.ids)[0]:
+                    break
             new_left = max(left, len(req.prompt_ids))
             new_right = max(right, req.params.max_new_tokens)
             if (rows + len(chosen) + 1) * (new_left + new_right) > self.max_tokens_in_flight and (rows or chosen):
@@ -451,12 +484,11 @@ class GenerationEngine:
         fits = (
             self._cache is not None
             and self._slots >= needed
-            and window.col >= left
+            and window.col + 1 >= left  # new prompts end at column col (inclusive)
             and self._width - window.col >= right
         )
         if not fits:
             self._relayout(needed, left, right)
-        self._prefill(chosen)
         return chosen
 
     def _relayout(self, rows_needed: int, left: int, right: int) -> None:
@@ -514,93 +546,102 @@ class GenerationEngine:
         self._weights_state = state
         return changed
 
-    def _prefill(self, chosen: list[_Request]) -> None:
-        """Prefill admitted requests into slots `R..R+n-1`, reusing stored prefixes.
+    def _place(self, chosen: list[_Request]) -> list[_Segment]:
+        """Put admitted requests into slots R.. and describe what the next forward computes.
 
-        Requests with no reusable prefix are prefilled together in one left-padded batch
-        and stored; then each request that shares a prefix with a stored prompt (one of
-        that batch included: the G copies of a group's first prompt) gets those keys and
-        values copied into its slot and prefills only its own suffix, one row per forward
-        pass (a prefill is compute-bound here, so batching suffixes would gain little).
+        Every prompt is right-aligned to end at column `col` (inclusive), where the running
+        rows write their next token, so after the forward every row continues at col + 1.
+        A request that shares a prefix with a stored prompt gets those keys/values copied
+        into its slot and computes only the rest. Three kinds of segment result:
+        * one token left to compute (the G copies of a group's first prompt): the row
+          joins the running rows' decode segment;
+        * no reusable prefix: one left-padded batch;
+        * a longer suffix: one segment per row (rows differ in where their suffix starts).
         """
-        t0 = time.perf_counter()
         if self._weights_changed():
             self._prefixes.clear()
             if self._fast is not None:
                 self._fast.refresh()
         window = self._cache.window
-        col, off = window.col, window.off
-        misses: list[_Request] = []
-        hits: list[_Request] = []
+        col, device = window.col, self._mask.device
+        running = len(self._rows)
+        plans = []
         for req in chosen:
-            if not self._prefix_cache_on:
-                misses.append(req)
-                continue
-            # a prefix held by the store, or by a miss of this admission (stored before the hits run)
-            n = max([self._prefixes.lookup(req.ids)[0]] + [_common_prefix(req.ids, m.ids) for m in misses])
-            (hits if min(n, len(req.ids) - 1) >= self.prefix_cache_min else misses).append(req)
-        r0 = len(self._rows)
-        logits_rows: list[torch.Tensor] = []
+            n, kv = self._prefixes.lookup(req.ids) if self._prefix_cache_on else (0, None)
+            n = min(n, len(req.ids) - 1)  # at least one token is computed: its logits start decoding
+            plans.append((req, n, kv) if n >= self.prefix_cache_min else (req, 0, None))
+        plans.sort(key=lambda p: 0 if p[1] == len(p[0].ids) - 1 else (1 if p[1] == 0 else 2))
+        for row, (req, n, kv) in enumerate(plans, start=running):
+            req.start = start = col + 1 - len(req.ids)
+            if n:
+                for layer, (k, v) in zip(self._cache.layers, kv):
+                    layer.keys[row, :, start : start + n] = k[:, :n]
+                    layer.values[row, :, start : start + n] = v[:, :n]
+            self._mask[row] = 0
+            self._mask[row, start : col + 1] = 1
+            self.stats["prefill_tokens"] += len(req.ids) - n
+            self.stats["prefix_tokens_reused"] += n
+        self._mask[:running, col] = 1
+        segments = []
+        joining = [p for p in plans if p[1] == len(p[0].ids) - 1]
+        decode_rows = running + len(joining)
+        if decode_rows:
+            for row, (req, _, _) in enumerate(joining, start=running):
+                self._next[row] = req.prompt_ids[-1]
+                self._pos[row] = len(req.ids) - 1
+            off = min(r.start for r in self._rows + [p[0] for p in joining])
+            segments.append(_Segment(0, decode_rows, off, col, self._next[:decode_rows, None],
+                                     self._mask[:decode_rows, off : col + 1], self._pos[:decode_rows, None]))
+        misses = [p[0] for p in plans if p[1] == 0]
+        r0 = decode_rows
         if misses:
-            logits_rows.append(self._prefill_batch(misses, r0))
-        for i, req in enumerate(hits, start=r0 + len(misses)):
-            logits_rows.append(self._prefill_row(req, i))
-        order = misses + hits
-        window.r0, window.r1 = 0, r0 + len(order)
-        window.off, window.col = min(off if self._rows else col, min(r.start for r in order)), col
-        new = slice(r0, r0 + len(order))
-        self._rows.extend(order)
-        self._next[new] = self._sample(order, torch.cat(logits_rows))
-        self.stats["prefill_s"] += time.perf_counter() - t0
-        self.stats["prefills"] += 1
+            longest = max(len(r.ids) for r in misses)
+            ids = torch.full((len(misses), longest), self.pad_id, dtype=torch.long)
+            for i, req in enumerate(misses):
+                ids[i, longest - len(req.ids) :] = req.ids
+            off = col + 1 - longest
+            mask = self._mask[r0 : r0 + len(misses), off : col + 1]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            segments.append(_Segment(r0, r0 + len(misses), off, off, ids.to(device), mask, positions))
+            r0 += len(misses)
+        for row, (req, n, _) in enumerate([p for p in plans if 0 < p[1] < len(p[0].ids) - 1], start=r0):
+            positions = torch.arange(n, len(req.ids), device=device)[None]
+            segments.append(_Segment(row, row + 1, req.start, req.start + n, req.ids[n:][None].to(device),
+                                     self._mask[row : row + 1, req.start : col + 1], positions))
+        self._rows.extend(p[0] for p in plans)
+        return segments
 
-    def _prefill_batch(self, members: list[_Request], r0: int) -> torch.Tensor:
-        """Prefill whole prompts into rows r0.., right-aligned at `col` (left padding masked)."""
+    def _step(self) -> None:
+        """One forward pass: the running rows' decode step fused with the admitted requests'
+        prefills (the weights are read once for both), then one sampled token per row."""
+        t0 = time.perf_counter()
         window = self._cache.window
-        col, device = window.col, self._mask.device
-        n = len(members)
-        longest = max(len(r.prompt_ids) for r in members)
-        rows = slice(r0, r0 + n)
-        ids = torch.full((n, longest), self.pad_id, dtype=torch.long)
-        self._mask[rows] = 0
-        for i, req in enumerate(members):
-            ids[i, longest - len(req.prompt_ids) :] = req.ids
-            req.start = col - len(req.prompt_ids)
-            self._mask[r0 + i, req.start : col] = 1
-        window.r0, window.r1, window.off, window.col = r0, r0 + n, col - longest, col - longest
-        mask = self._mask[rows, col - longest : col]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(ids.to(device), mask, positions)
-        window.col = col
-        self._pos[rows] = positions[:, -1] + 1
-        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in members)
-        for i, req in enumerate(members):
-            self._store(r0 + i, req)
-        return logits
-
-    def _prefill_row(self, req: _Request, row: int) -> torch.Tensor:
-        """Prefill one prompt into `row`, copying the keys/values of its longest stored prefix."""
-        window = self._cache.window
-        col, device = window.col, self._mask.device
-        ids = req.ids
-        n, kv = self._prefixes.lookup(ids)
-        n = min(n, len(ids) - 1)  # at least one token is computed: its logits start decoding
-        req.start = start = col - len(ids)
-        if n:
-            for layer, (k, v) in zip(self._cache.layers, kv):
-                layer.keys[row, :, start : start + n] = k[:, :n]
-                layer.values[row, :, start : start + n] = v[:, :n]
-        self._mask[row] = 0
-        self._mask[row, start:col] = 1
-        window.r0, window.r1, window.off, window.col = row, row + 1, start, start + n
-        positions = torch.arange(n, len(ids), device=device)[None]
-        logits = self._forward(ids[n:][None].to(device), self._mask[row : row + 1, start:col], positions)
-        window.col = col
-        self._pos[row] = len(ids)
-        self.stats["prefill_tokens"] += len(ids) - n
-        self.stats["prefix_tokens_reused"] += n
-        self._store(row, req)
-        return logits
+        running, admitted = len(self._rows), self._admitting
+        col = window.col
+        if col >= self._width:  # cannot happen: admission reserves every row's remaining tokens
+            raise RuntimeError("slot cache overflow")
+        if admitted:
+            segments = self._place(admitted)
+        else:
+            self._mask[:running, col] = 1
+            segments = [_Segment(0, running, window.off, col, self._next[:running, None],
+                                 self._mask[:running, window.off : col + 1], self._pos[:running, None])]
+        logits = self._forward(segments)
+        rows = len(self._rows)
+        window.r0, window.r1, window.col = 0, rows, col + 1
+        window.off = min(r.start for r in self._rows)
+        self._pos[:running] += 1
+        for row in range(running, rows):
+            self._pos[row] = len(self._rows[row].ids)
+            self._store(row, self._rows[row])
+        # prefill_s: forwards that prefilled (with the running rows' decode step fused in);
+        # decode_s: decode-only forwards, decode_steps of them
+        self.stats["prefill_s" if admitted else "decode_s"] += time.perf_counter() - t0
+        self.stats["prefills" if admitted else "decode_steps"] += 1
+        if running:
+            self.steps += 1
+            self.stats["rows"] += running
+        self._next[:rows] = self._sample(self._rows, logits)
 
     @property
     def _prefix_cache_on(self) -> bool:
@@ -642,23 +683,6 @@ class GenerationEngine:
         window.r0, window.r1 = 0, keep
         if keep:
             window.off = min(r.start for r in self._rows)
-
-    def _step(self) -> None:
-        """One decode forward pass for every active row, then one sampled token each."""
-        t0 = time.perf_counter()
-        window = self._cache.window
-        rows = len(self._rows)
-        col = window.col
-        if col >= self._width:  # cannot happen: admission reserves every row's remaining tokens
-            raise RuntimeError("slot cache overflow")
-        self._mask[:rows, col] = 1
-        logits = self._forward(self._next[:rows, None], self._mask[:rows, window.off : col + 1], self._pos[:rows, None])
-        window.col = col + 1
-        self._pos[:rows] += 1
-        self.stats["decode_s"] += time.perf_counter() - t0
-        self._next[:rows] = self._sample(self._rows, logits)
-        self.steps += 1
-        self.stats["rows"] += rows
 
     def _sample(self, active: list[_Request], logits: torch.Tensor) -> torch.Tensor:
         """Draw one token per row, vectorised, with each request's own RNG; record id and log-prob.

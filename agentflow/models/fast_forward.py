@@ -128,7 +128,7 @@ class _Block:
 
 
 class FastForward:
-    """`forward(layers, window, ids, mask, positions)` -> last-position logits, over slot buffers.
+    """`forward(layers, segments)` -> last-position logits, over the engine's slot buffers.
 
     Call `refresh()` before the first forward and whenever the weights may have changed."""
 
@@ -180,45 +180,61 @@ class FastForward:
             projection.refresh()
 
     @torch.inference_mode()
-    def __call__(self, layers, window, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Run `ids` [R, q] for slot rows window.r0..r1, writing their keys/values at columns
-        col..col+q and attending to columns off..col+q where `mask` [R, col+q-off] is 1."""
-        rows, q = ids.shape
-        r0, r1, off, col = window.r0, window.r1, window.off, window.col
+    def __call__(self, layers, segments) -> torch.Tensor:
+        """Last-position logits of every row of every segment (see engine._Segment), in order.
+
+        All segments' tokens go through each projection together, so a decode step and
+        the prefills admitted with it read the weights once; attention runs per segment."""
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         qn, kn = heads * head_dim, kv_heads * head_dim
-        h = self.inner.embed_tokens(ids)
-        cos, sin = self.inner.rotary_emb(h, positions)
-        cos, sin = cos[:, :, None], sin[:, :, None]  # [rows, q, 1, head_dim]: broadcast over heads
-        allowed = mask.bool()[:, None, None, :]
-        if q > 1:
-            # causal within the new tokens; each query also sees its own column, so the
-            # queries of left padding attend to something and stay finite (their keys are
-            # masked for every real query).
-            width = mask.shape[-1]
-            key = torch.arange(width, device=ids.device)
-            own = torch.arange(width - q, width, device=ids.device)[:, None]
-            allowed = (allowed & (key <= own)) | (key == own)
-        # additive form, built once for all layers (SDPA would convert a boolean mask per call)
-        bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
+        sizes = [seg.ids.numel() for seg in segments]
+        h = self.inner.embed_tokens(torch.cat([seg.ids.reshape(-1) for seg in segments]))  # [tokens, hidden]
+        cos, sin, biases, last = [], [], [], []
+        start = 0
+        for seg, n in zip(segments, sizes):
+            rows, q = seg.ids.shape
+            c, s = self.inner.rotary_emb(h, seg.positions)
+            cos.append(c.reshape(n, 1, head_dim))
+            sin.append(s.reshape(n, 1, head_dim))
+            allowed = seg.mask.bool()[:, None, None, :]
+            if q > 1:
+                # causal within the new tokens; each query also sees its own column, so the
+                # queries of left padding attend to something and stay finite (their keys
+                # are masked for every real query).
+                width = seg.mask.shape[-1]
+                key = torch.arange(width, device=h.device)
+                own = torch.arange(width - q, width, device=h.device)[:, None]
+                allowed = (allowed & (key <= own)) | (key == own)
+            # additive form, built once for all layers (SDPA would convert a boolean mask per call)
+            biases.append(torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf")))
+            last.append(torch.arange(rows, device=h.device) * q + (start + q - 1))
+            start += n
+        cos, sin = (cos[0], sin[0]) if len(segments) == 1 else (torch.cat(cos), torch.cat(sin))
         for layer, block in zip(layers, self.blocks):
             y = block.qkv(_rms_norm(h, block.norm1))
             # rotary embedding on the query and key heads at once (the model's formula)
-            qk = y[..., : qn + kn].view(rows, q, heads + kv_heads, head_dim)
+            qk = y[:, : qn + kn].view(-1, heads + kv_heads, head_dim)
             qk = qk * cos + rotate_half(qk) * sin
-            query, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
-            v = y[..., qn + kn :].view(rows, q, kv_heads, head_dim).transpose(1, 2)
-            layer.keys[r0:r1, :, col : col + q] = k
-            layer.values[r0:r1, :, col : col + q] = v
-            out = F.scaled_dot_product_attention(
-                query,
-                layer.keys[r0:r1, :, off : col + q],
-                layer.values[r0:r1, :, off : col + q],
-                attn_mask=bias,
-                scale=block.scaling,
-                enable_gqa=True,
-            )
-            h = h + block.o(out.transpose(1, 2).reshape(rows, q, qn))
+            v = y[:, qn + kn :].view(-1, kv_heads, head_dim)
+            outs, start = [], 0
+            for seg, n, bias in zip(segments, sizes, biases):
+                rows, q = seg.ids.shape
+                part = qk[start : start + n].view(rows, q, heads + kv_heads, head_dim)
+                query, k = part[:, :, :heads].transpose(1, 2), part[:, :, heads:].transpose(1, 2)
+                layer.keys[seg.r0 : seg.r1, :, seg.col : seg.col + q] = k
+                layer.values[seg.r0 : seg.r1, :, seg.col : seg.col + q] = v[start : start + n].view(rows, q, kv_heads, head_dim).transpose(1, 2)
+                out = F.scaled_dot_product_attention(
+                    query,
+                    layer.keys[seg.r0 : seg.r1, :, seg.off : seg.col + q],
+                    layer.values[seg.r0 : seg.r1, :, seg.off : seg.col + q],
+                    attn_mask=bias,
+                    scale=block.scaling,
+                    enable_gqa=True,
+                )
+                outs.append(out.transpose(1, 2).reshape(n, qn))
+                start += n
+            h = h + block.o(outs[0] if len(outs) == 1 else torch.cat(outs))
             g = block.gate_up(_rms_norm(h, block.norm2))
-            h = h + block.down(block.act(g[..., : self.intermediate]) * g[..., self.intermediate :])
-        return self.lm_head(_rms_norm(h[:, -1], self.inner.norm))
+            h = h + block.down(block.act(g[:, : self.intermediate]) * g[:, self.intermediate :])
+        h = h[last[0] if len(last) == 1 else torch.cat(last)]
+        return self.lm_head(_rms_norm(h, self.inner.norm))
