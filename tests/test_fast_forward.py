@@ -97,3 +97,12 @@ def test_uncovered_model_falls_back_to_transformers(tokenizer):
     engine = GenerationEngine(model, tokenizer, seed=0)
     assert engine._fast is None
     _check_against_model(engine, model, _prompts(tokenizer)[:2])
+
+
+def test_unpacked_path_for_other_dtypes(tokenizer):
+    """Weights are packed for oneDNN only in fp32 on CPU; other dtypes/devices (bf16 where
+    it is fast, CUDA) use the fused weights with F.linear. float64 checks that path exactly."""
+    model = tiny_model(vocab_size=len(tokenizer)).to(torch.float64)
+    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    _check_against_model(engine, model, _prompts(tokenizer)[:3])
+    assert engine._fast is not None and not any(p.packed for p in engine._fast.projections)
