@@ -258,12 +258,11 @@ def main(argv=None) -> dict:
         # G=8 is repeated: which runs stop early (1-3 turns) depends on thread timing, which
         # moves the wall time by ~10%; the median run is the one reported.
         runs = [run_engine(model, tokenizer, args, g) for _ in range(args.repeats if g == 8 else 1)]
-        for i, r in enumerate(runs[:-1] if len(runs) > 1 else []):
-            show(f"(b) engine G={g}, repeat {i + 1}/{len(runs)}", r)
-        r = results[g] = sorted(runs, key=lambda x: x["wall"])[len(runs) // 2]
         if len(runs) > 1:
-            show(f"(b) engine G={g}, repeat {len(runs)}/{len(runs)}", runs[-1])
+            for i, run in enumerate(runs, start=1):
+                show(f"(b) engine G={g}, repeat {i}/{len(runs)}", run)
             print(f"    walls {[round(x['wall'], 1) for x in runs]} s; the median run:")
+        r = results[g] = sorted(runs, key=lambda x: x["wall"])[len(runs) // 2]
         tps = show(f"(b) engine G={g}", r)
         print(f"    ratio (b)/(a) traj/s = {tps / peer_tps:.2f}x; tokens/s ratio = {r['tokens'] / r['wall'] / peer_tok:.2f}x; "
               f"engine: {r['steps']} decode steps, mean rows/step {r['mean_rows']:.1f}, prefill (decode fused in) {r['prefill_s']:.1f}s "

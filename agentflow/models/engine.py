@@ -84,7 +84,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from agentflow.models.fast_forward import FastForward
+from agentflow.models.fast_forward import FastForward, lora_state
 
 
 @dataclass(frozen=True)
@@ -537,10 +537,9 @@ class GenerationEngine:
         """True when the function the model computes may have changed since the last call:
         a parameter updated in place (optimizer step, load) or replaced, or a peft adapter
         toggled (`disable_adapter()`, `set_adapter`, merge)."""
-        adapters = [m for m in self.model.modules() if hasattr(m, "lora_A")]
         state = (
             tuple((id(p), p._version) for p in self.model.parameters()),
-            tuple((m.merged, m.disable_adapters, tuple(m.active_adapters)) for m in adapters),
+            tuple(flags for m in self.model.modules() if (flags := lora_state(m))),
         )
         changed = state != self._weights_state
         self._weights_state = state
@@ -565,12 +564,15 @@ class GenerationEngine:
         window = self._cache.window
         col, device = window.col, self._mask.device
         running = len(self._rows)
-        plans = []
+        joining, misses, suffixes = [], [], []  # (request, reused tokens, stored keys/values)
         for req in chosen:
             n, kv = self._prefixes.lookup(req.ids) if self._prefix_cache_on else (0, None)
             n = min(n, len(req.ids) - 1)  # at least one token is computed: its logits start decoding
-            plans.append((req, n, kv) if n >= self.prefix_cache_min else (req, 0, None))
-        plans.sort(key=lambda p: 0 if p[1] == len(p[0].ids) - 1 else (1 if p[1] == 0 else 2))
+            if n < self.prefix_cache_min:
+                misses.append((req, 0, None))
+            else:
+                (joining if n == len(req.ids) - 1 else suffixes).append((req, n, kv))
+        plans = joining + misses + suffixes  # their slots, in this order, from row `running` on
         for row, (req, n, kv) in enumerate(plans, start=running):
             req.start = start = col + 1 - len(req.ids)
             if n:
@@ -581,30 +583,24 @@ class GenerationEngine:
             self._mask[row, start : col + 1] = 1
             self.stats["prefill_tokens"] += len(req.ids) - n
             self.stats["prefix_tokens_reused"] += n
-        self._mask[:running, col] = 1
         segments = []
-        joining = [p for p in plans if p[1] == len(p[0].ids) - 1]
-        decode_rows = running + len(joining)
-        if decode_rows:
+        r0 = running + len(joining)
+        if r0:
             for row, (req, _, _) in enumerate(joining, start=running):
                 self._next[row] = req.prompt_ids[-1]
                 self._pos[row] = len(req.ids) - 1
-            off = min(r.start for r in self._rows + [p[0] for p in joining])
-            segments.append(_Segment(0, decode_rows, off, col, self._next[:decode_rows, None],
-                                     self._mask[:decode_rows, off : col + 1], self._pos[:decode_rows, None]))
-        misses = [p[0] for p in plans if p[1] == 0]
-        r0 = decode_rows
+            segments.append(self._decode_segment(r0, min(r.start for r in self._rows + [p[0] for p in joining])))
         if misses:
-            longest = max(len(r.ids) for r in misses)
+            longest = max(len(r.ids) for r, _, _ in misses)
             ids = torch.full((len(misses), longest), self.pad_id, dtype=torch.long)
-            for i, req in enumerate(misses):
+            for i, (req, _, _) in enumerate(misses):
                 ids[i, longest - len(req.ids) :] = req.ids
             off = col + 1 - longest
             mask = self._mask[r0 : r0 + len(misses), off : col + 1]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             segments.append(_Segment(r0, r0 + len(misses), off, off, ids.to(device), mask, positions))
             r0 += len(misses)
-        for row, (req, n, _) in enumerate([p for p in plans if 0 < p[1] < len(p[0].ids) - 1], start=r0):
+        for row, (req, n, _) in enumerate(suffixes, start=r0):
             positions = torch.arange(n, len(req.ids), device=device)[None]
             segments.append(_Segment(row, row + 1, req.start, req.start + n, req.ids[n:][None].to(device),
                                      self._mask[row : row + 1, req.start : col + 1], positions))
@@ -620,12 +616,7 @@ class GenerationEngine:
         col = window.col
         if col >= self._width:  # cannot happen: admission reserves every row's remaining tokens
             raise RuntimeError("slot cache overflow")
-        if admitted:
-            segments = self._place(admitted)
-        else:
-            self._mask[:running, col] = 1
-            segments = [_Segment(0, running, window.off, col, self._next[:running, None],
-                                 self._mask[:running, window.off : col + 1], self._pos[:running, None])]
+        segments = self._place(admitted) if admitted else [self._decode_segment(running, window.off)]
         logits = self._forward(segments)
         rows = len(self._rows)
         window.r0, window.r1, window.col = 0, rows, col + 1
@@ -642,6 +633,12 @@ class GenerationEngine:
             self.steps += 1
             self.stats["rows"] += running
         self._next[:rows] = self._sample(self._rows, logits)
+
+    def _decode_segment(self, rows: int, off: int) -> _Segment:
+        """Rows 0..rows-1 each compute their next token (`_next`) at the write column."""
+        col = self._cache.window.col
+        self._mask[:rows, col] = 1
+        return _Segment(0, rows, off, col, self._next[:rows, None], self._mask[:rows, off : col + 1], self._pos[:rows, None])
 
     @property
     def _prefix_cache_on(self) -> bool:

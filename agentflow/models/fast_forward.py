@@ -69,10 +69,14 @@ def _not_linear(module) -> str | None:
     return f"a {type(module).__name__}"
 
 
+def lora_state(module: nn.Module) -> tuple:
+    """A peft LoRA layer's adapter state (merged, disabled, active adapters); () for any other module."""
+    return (module.merged, module.disable_adapters, tuple(module.active_adapters)) if hasattr(module, "lora_A") else ()
+
+
 def _state(module: nn.Module) -> tuple:
-    """What the effective weight depends on: the module, its tensors (identity, version), adapter flags."""
-    flags = (module.merged, module.disable_adapters, tuple(module.active_adapters)) if hasattr(module, "base_layer") else ()
-    return (id(module), *((id(t), t._version) for t in module.parameters()), *flags)
+    """What the effective weight depends on: the module, its tensors (identity, version), adapter state."""
+    return (id(module), *((id(t), t._version) for t in module.parameters()), *lora_state(module))
 
 
 class _Projection:
