@@ -79,7 +79,7 @@ GENERATOR_ANSWER_TAGS = " Put the final answer inside <answer></answer>."
 # aime24/bamboogle/hotpotqa queries end with exactly this, glued to the question without a
 # space), appended by `agentflow.evals.with_answer_instruction` where missing. It is for the generator, which
 # writes the final answer: the other modules see the question without it
-# (`agentflow.nodes.parsing.question_only`).
+# (`agentflow.extract.question_only`).
 ANSWER_INSTRUCTION = (
     "When ready, output the final answer enclosed in <answer> and </answer> tags. "
     "Do not generate any content after the </answer> tag."

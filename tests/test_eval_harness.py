@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from agentflow.cli import app
 from agentflow.evals import run_eval
 from agentflow.evals.harness import PLOT_FILES, TABLE_FILE, read_rows, run_name
-from agentflow.models.tool_calling import parse_react_reply
+from agentflow.evals.text_tool_calling import parse_react_reply
 
 ITEMS = [
     {"pid": "a", "query": "What is 2+2?", "answer": "4"},

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentflow.extract import extract_answer, json_objects
 from agentflow.nodes.parsing import (
-    extract_answer,
     parse_planner,
     parse_tool_arguments,
     parse_verifier,
@@ -89,9 +89,15 @@ def test_planner_fuzz_structured(parts):
 
 def test_question_only_strips_the_answer_format_instruction():
     from agentflow.evals.datasets import with_answer_instruction
-    from agentflow.nodes.parsing import question_only
+    from agentflow.extract import question_only
 
     assert question_only(with_answer_instruction("What is 5+5? boom")) == "What is 5+5? boom"
     assert question_only(with_answer_instruction("Who founded Loma")) == "Who founded Loma"
     assert question_only("Put the result in <answer> tags: 2+2") == "Put the result in <answer> tags: 2+2"  # other phrasings stay
     assert question_only(with_answer_instruction("")).strip().startswith("When ready")  # nothing else: keep the query
+
+
+def test_json_objects_finds_each_object_in_order():
+    assert json_objects('{"a":1} then {"b":2}') == [{"a": 1}, {"b": 2}]
+    assert json_objects('x {"a": {"b": 2}} y {bad} z {"c": "}"}') == [{"a": {"b": 2}}, {"c": "}"}]
+    assert json_objects("no objects [1, 2]") == []

@@ -141,7 +141,7 @@ def _agentflow_row(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _react_row(state: Mapping[str, Any]) -> dict[str, Any]:
     from agentflow.evals.react import react_trace
-    from agentflow.nodes.parsing import extract_answer
+    from agentflow.extract import extract_answer
 
     row = react_trace(state.get("messages", []))
     text = row["prediction"]

@@ -29,7 +29,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.graph.state import CompiledStateGraph
 
-from agentflow.models.tool_calling import with_text_tool_calling
+from agentflow.evals.text_tool_calling import with_text_tool_calling
 
 
 def react_recursion_limit(max_turns: int) -> int:

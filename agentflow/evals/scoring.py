@@ -22,7 +22,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from agentflow.nodes.parsing import extract_answer  # the generator's contract, one definition
+from agentflow.extract import extract_answer  # the generator's contract, one definition
 
 if TYPE_CHECKING:  # the reward path should not pay for importing LangChain
     from langchain_core.language_models import BaseChatModel

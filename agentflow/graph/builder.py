@@ -21,7 +21,7 @@ from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from agentflow.graph.state import AgentFlowState
+from agentflow.state import AgentFlowState
 from agentflow.nodes import make_executor, make_generator, make_planner, make_verifier
 
 NODES = ("planner", "executor", "verifier", "generator")

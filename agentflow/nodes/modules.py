@@ -21,15 +21,9 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 
 from agentflow import prompts
-from agentflow.graph.state import AgentFlowState, MemoryRecord
-from agentflow.nodes.parsing import (
-    extract_answer,
-    parse_planner,
-    parse_tool_arguments,
-    parse_verifier,
-    question_only,
-    wants_answer_tags,
-)
+from agentflow.extract import extract_answer, question_only, wants_answer_tags
+from agentflow.nodes.parsing import parse_planner, parse_tool_arguments, parse_verifier
+from agentflow.state import AgentFlowState, MemoryRecord
 from agentflow.tools.cards import render_tool_cards, tool_card
 
 Node = Callable[[AgentFlowState, RunnableConfig], dict[str, Any]]

@@ -12,7 +12,7 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ValidationError
 
-from agentflow import prompts
+from agentflow.extract import json_objects
 
 _FIELD = re.compile(
     r"(?im)^[\s*#>-]*(context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]\s*\**(.*?)\s*(?=^[\s*#>-]*(?:context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]|\Z)",
@@ -111,19 +111,6 @@ def parse_tool_arguments(text: str, tool: BaseTool) -> ToolArguments:
     return ToolArguments(args, None)
 
 
-def json_objects(text: str) -> list[dict[str, Any]]:
-    """Every `{...}` span of `text` that parses as a JSON object, in order."""
-    found = []
-    for match in re.finditer(r"\{.*\}", text, re.S):
-        try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    return found
-
-
 def _raw_single_value(text: str, arg: str) -> str:
     fence = re.findall(r"```(?:[a-zA-Z]*)\n(.*?)```", text, re.S)
     if fence:
@@ -153,37 +140,3 @@ def parse_verifier(text: str) -> tuple[str, bool]:
     return found[-1].upper(), True
 
 
-def extract_answer(text: str) -> str:
-    """The text of the last `<answer>...</answer>` (the generator's contract), else all of it.
-
-    Found with rfind (last closing tag, nearest opening tag before it), which is linear in
-    the text; a non-greedy regex is quadratic on outputs repeating "<answer>".
-    Without any closed tag, an unclosed opening tag (generation cut at the length limit)
-    still marks where the answer starts; taking the whole output instead would compare
-    the reasoning text against the gold.
-    """
-    text = text or ""
-    lowered = text.lower()
-    close = lowered.rfind("</answer>")
-    if close != -1 and (opened := lowered.rfind("<answer>", 0, close)) != -1:
-        return text[opened + len("<answer>") : close].strip()
-    opened = lowered.rfind("<answer>")
-    if opened != -1:
-        return text[opened + len("<answer>") :].strip()
-    return text.strip()
-
-
-def question_only(query: str) -> str:
-    """`query` without the answer-format instruction (`prompts.ANSWER_INSTRUCTION`).
-
-    The instruction is for the generator, which writes the final answer; a small planner
-    shown it starts writing "<answer>" instead of a plan, and a small generator echoes it
-    (both measured on ToolMix with the 135M model). Every module gets the question alone;
-    the generator's system prompt asks for the tags when the query wanted them.
-    """
-    stripped = query.replace(prompts.ANSWER_INSTRUCTION, "").strip()
-    return stripped or query
-
-
-def wants_answer_tags(query: str) -> bool:
-    return "<answer>" in query.lower()

@@ -36,7 +36,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
 from agentflow import prompts
-from agentflow.nodes.parsing import json_objects
+from agentflow.extract import json_objects
 
 _ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 _ACTION_INPUT = re.compile(r"^\s*Action\s*Input\s*:\s*", re.IGNORECASE | re.MULTILINE)

@@ -29,8 +29,10 @@ class AgentFlowState(TypedDict, total=False):
     """Graph state: the query, the evolving memory, the loop's bookkeeping, the answer.
 
     `memory` and `tool_errors` are append/add reducers so nodes return only what
-    they add. `started_at` is the wall-clock start (time.monotonic) set by the
-    planner's first call and used by the verifier's time limit.
+    they add. `started_at` is the run's start as `time.time()`, set by the planner's
+    first call and read by the router's time limit. Wall-clock time, not
+    `time.monotonic()`: a checkpointed run can resume in another process, where a
+    monotonic clock's origin means nothing.
     """
 
     query: str
