@@ -1,9 +1,9 @@
 """Online tools: `web_search` (Tavily) and `wikipedia`.
 
 They need a network, and Tavily needs an API key, so they are built by
-factories that raise `ToolUnavailable` with a message saying what is missing;
-`available_online_tools` turns those into skip messages for the CLI. Client
-libraries are imported lazily so the offline tools work without them.
+factories that raise `ToolUnavailable` with a message saying what is missing
+(the CLI prints it). Client libraries are imported lazily so the offline tools
+work without them.
 """
 
 from __future__ import annotations
@@ -120,15 +120,3 @@ def wikipedia_tool(top_k_results: int = 2, max_chars: int = 2000) -> WikipediaTo
     except ImportError as exc:
         raise ToolUnavailable("wikipedia skipped: the 'wikipedia' package is not installed") from exc
     return WikipediaTool(api_wrapper=wrapper)
-
-
-def available_online_tools() -> tuple[list[BaseTool], list[str]]:
-    """The online tools that can be built here, and one message per tool skipped."""
-    tools: list[BaseTool] = []
-    skipped: list[str] = []
-    for factory in (web_search_tool, wikipedia_tool):
-        try:
-            tools.append(factory())
-        except ToolUnavailable as exc:
-            skipped.append(str(exc))
-    return tools, skipped
