@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from langchain_core.tools import ToolException
+from pydantic import ValidationError
 
 from agentflow.tools.local_search import LocalSearchTool
 
@@ -32,8 +32,8 @@ def test_k_larger_than_corpus_and_unmatched_query() -> None:
     assert tool.invoke({"query": "the of and"}).startswith("No passages matched")
 
 
-def test_empty_query_raises_tool_exception() -> None:
-    with pytest.raises(ToolException, match="empty query"):
+def test_blank_query_is_refused_by_the_args_schema() -> None:
+    with pytest.raises(ValidationError, match="at least 1 character"):
         LocalSearchTool.from_texts(TEXTS).invoke({"query": "  "})
 
 

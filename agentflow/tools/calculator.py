@@ -17,9 +17,10 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Callable
 
-from langchain_core.callbacks import CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field
+
+from agentflow.tools.cards import card_metadata
 
 Number = Fraction | float
 
@@ -246,14 +247,11 @@ class CalculatorTool(BaseTool):
         "sqrt, abs, round, min, max, floor, ceil, factorial, gcd, lcm, log, exp, pi, e."
     )
     args_schema: type[BaseModel] = CalculatorInput
-    metadata: dict = Field(
-        default_factory=lambda: {
-            "examples": [{"expression": "12,345 * 6,789"}],
-            "limitations": ["Numbers only: no variables, units, equations or words."],
-            "best_practices": ["Put the whole computation in one expression with parentheses."],
-            "output_type": "str",
-        }
+    metadata: dict = card_metadata(
+        examples=[{"expression": "12,345 * 6,789"}],
+        limitations=["Numbers only: no variables, units, equations or words."],
+        best_practices=["Put the whole computation in one expression with parentheses."],
     )
 
-    def _run(self, expression: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
+    def _run(self, expression: str) -> str:
         return calculate(expression)
