@@ -158,28 +158,23 @@ MC_ITEM = {
     "answer": "Colorectal cancer",
 }
 
-
-@pytest.mark.parametrize(
-    ("prediction", "expected"),
-    [
-        ("C", 1.0),
-        ("c", 1.0),
-        ("(C)", 1.0),
-        ("C.", 1.0),
-        ("Answer: C", 1.0),
-        ("The correct answer is (C).", 1.0),
-        ("<answer>C. Colorectal cancer</answer>", 1.0),
-        ("colorectal cancer", 1.0),
-        ("Long reasoning about the colon... so the answer is C.", 1.0),
-        ("B", 0.0),
-        ("C. Oral ulcers", 0.0),  # letter and text disagree
-        ("E", 0.0),
-        ("A 34-year-old man has colorectal cancer risk", 0.0),
-        ("", 0.0),
-    ],
-)
-def test_multiple_choice_letters_and_text(prediction: str, expected: float) -> None:
-    assert score("medqa", prediction, MC_ITEM) == expected
+MC_PREDICTIONS = [
+    ("C", 1.0),
+    ("c", 1.0),
+    ("(C)", 1.0),
+    ("C.", 1.0),
+    ("Answer: C", 1.0),
+    ("The correct answer is (C).", 1.0),
+    ("<answer>C. Colorectal cancer</answer>", 1.0),
+    ("colorectal cancer", 1.0),
+    ("Long reasoning about the colon... so the answer is C.", 1.0),
+    ("B", 0.0),
+    ("C. Oral ulcers", 0.0),  # letter and text disagree
+    ("E", 0.0),
+    ("A 34-year-old man has colorectal cancer risk", 0.0),
+    ("", 0.0),
+]
+"""(prediction, score against MC_ITEM): letters and option text; scored in test_prediction_scores."""
 
 
 def test_multiple_choice_option_that_is_a_letter() -> None:
@@ -200,29 +195,32 @@ def test_multiple_choice_dict_options_and_letter_gold() -> None:
 
 G24 = {"question": [1, 1, 1, 8]}
 
+G24_PREDICTIONS = [
+    ("(1+1+1)×8", 1.0),
+    ("(1 + 1 + 1) * 8 = 24", 1.0),
+    (r"<answer>$(1+1+1) \times 8$</answer>", 1.0),
+    ("Step 1: ...\nSo (1+1+1)×8 = 24.", 1.0),
+    ("24 = 8*(1+1+1)", 1.0),
+    ("8÷(1÷3)", 0.0),  # a 3 that is not in the puzzle
+    ("(1+1)×8+8", 0.0),  # reuses 8, misses a 1
+    ("(1+1)×8", 0.0),  # misses a number
+    ("8/(1-1)+1", 0.0),  # division by zero
+    ("(1+1+1)*8.0", 0.0),  # float literal is not a puzzle number
+    ("-1+1+1*8+16", 0.0),
+    ("(1+1+1)**8", 0.0),
+    ("(1+1+1)8", 0.0),
+    ("3*8", 0.0),
+    ("__import__('os')", 0.0),
+]
+"""(prediction, score against G24): extraction and the strict checker."""
+
 
 @pytest.mark.parametrize(
-    ("prediction", "expected"),
-    [
-        ("(1+1+1)×8", 1.0),
-        ("(1 + 1 + 1) * 8 = 24", 1.0),
-        (r"<answer>$(1+1+1) \times 8$</answer>", 1.0),
-        ("Step 1: ...\nSo (1+1+1)×8 = 24.", 1.0),
-        ("24 = 8*(1+1+1)", 1.0),
-        ("8÷(1÷3)", 0.0),  # a 3 that is not in the puzzle
-        ("(1+1)×8+8", 0.0),  # reuses 8, misses a 1
-        ("(1+1)×8", 0.0),  # misses a number
-        ("8/(1-1)+1", 0.0),  # division by zero
-        ("(1+1+1)*8.0", 0.0),  # float literal is not a puzzle number
-        ("-1+1+1*8+16", 0.0),
-        ("(1+1+1)**8", 0.0),
-        ("(1+1+1)8", 0.0),
-        ("3*8", 0.0),
-        ("__import__('os')", 0.0),
-    ],
+    ("benchmark", "item", "prediction", "expected"),
+    [("medqa", MC_ITEM, *case) for case in MC_PREDICTIONS] + [("gameof24", G24, *case) for case in G24_PREDICTIONS],
 )
-def test_gameof24_checker(prediction: str, expected: float) -> None:
-    assert score("gameof24", prediction, G24) == expected
+def test_prediction_scores(benchmark: str, item: dict, prediction: str, expected: float) -> None:
+    assert score(benchmark, prediction, item) == expected
 
 
 def test_gameof24_exact_fractions() -> None:
