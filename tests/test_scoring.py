@@ -229,6 +229,16 @@ def test_gameof24_exact_fractions() -> None:
     assert check_24("(5-1/5)*5", [1, 5, 5, 5])
 
 
+def test_gameof24_reads_written_operators_but_allows_only_the_four() -> None:
+    """check_24 shares the calculator's evaluator: × ÷ − are read (its own parser refused
+    them), while signs, powers and decimals stay outside the game's basic operations."""
+    assert check_24("8÷(3−8÷3)", [3, 3, 8, 8])
+    assert check_24(" (1 + 1 + 1) × 8 ", [1, 1, 1, 8])
+    assert not check_24("-(2-5)*8", [2, 5, 8])  # 24, with a unary minus
+    assert not check_24("2^3*3", [2, 3, 3])
+    assert not check_24("48/2.0", [48, 2])
+
+
 def test_gameof24_question_as_string_or_from_query() -> None:
     assert score("gameof24", "(1+1+1)*8", {"question": "[1, 1, 1, 8]"}) == 1.0
     assert score("gameof24", "(1+1+1)*8", {"query": "Using the numbers [1, 1, 1, 8], create ..."}) == 1.0

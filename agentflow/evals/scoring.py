@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agentflow.extract import extract_answer  # the generator's contract, one definition
+from agentflow.tools.arithmetic import FOUR_OPERATIONS, ExpressionError, evaluate
 
 if TYPE_CHECKING:  # the reward path should not pay for importing LangChain
     from langchain_core.language_models import BaseChatModel
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # the reward path should not pay for importing LangChain
 # hand to regexes and sympy keeps the reward fast on pathological generations.
 _MAX_PREDICTION_CHARS = 20_000
 _MAX_ANSWER_CHARS = 2000
-_MAX_24_EXPR_CHARS = 200
 # math_verify interrupts parsing/comparison with SIGALRM (whole seconds, main thread only).
 _MATH_VERIFY_TIMEOUT_S = 1
 
@@ -312,41 +312,17 @@ def extract_24_expression(prediction: str) -> str:
     return text
 
 
-def _eval_24(node: ast.AST, literals: list[int]) -> Fraction:
-    """Exact evaluation of + - * / over int literals; anything else is rejected.
-
-    Unary minus and powers are not "basic operations" of the game and are refused; float
-    literals (2.5) are not puzzle numbers and are refused too.
-    """
-    if isinstance(node, ast.Expression):
-        return _eval_24(node.body, literals)
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        literals.append(node.value)
-        return Fraction(node.value)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
-        left, right = _eval_24(node.left, literals), _eval_24(node.right, literals)
-        if isinstance(node.op, ast.Add):
-            return left + right
-        if isinstance(node.op, ast.Sub):
-            return left - right
-        if isinstance(node.op, ast.Mult):
-            return left * right
-        return left / right  # ZeroDivisionError handled by the caller
-    raise ValueError(f"disallowed syntax: {type(node).__name__}")
-
-
 def check_24(expression: str, numbers: list[int]) -> bool:
-    """True iff `expression` uses each of `numbers` exactly once and equals 24 exactly."""
-    expression = expression.strip()
-    if not expression or len(expression) > _MAX_24_EXPR_CHARS or not _24_ALLOWED.match(expression):
-        return False
+    """True iff `expression` uses each of `numbers` exactly once and equals 24 exactly.
+
+    Only the game's basic operations count (`FOUR_OPERATIONS`): + - * / and parentheses
+    over whole numbers; unary minus, powers and decimals (8.0) are refused.
+    """
     try:
-        tree = ast.parse(expression, mode="eval")
-        literals: list[int] = []
-        value = _eval_24(tree, literals)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
+        value, literals = evaluate(expression, FOUR_OPERATIONS)
+    except ExpressionError:
         return False
-    return sorted(literals) == sorted(numbers) and value == 24
+    return value == 24 and sorted(literals) == sorted(numbers)
 
 
 def puzzle_numbers(item: Mapping[str, Any]) -> list[int]:
