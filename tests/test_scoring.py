@@ -153,10 +153,8 @@ def test_math_scoring_is_fast() -> None:
 
 # ------------------------------------------------------------------ multiple choice
 
-MC_ITEM = {
-    "options": ["A. Hemolytic uremic syndrome", "B. Oral ulcers", "C. Colorectal cancer", "D. Pancreatic cancer"],
-    "answer": "Colorectal cancer",
-}
+MC_TEXTS = ["Hemolytic uremic syndrome", "Oral ulcers", "Colorectal cancer", "Pancreatic cancer"]
+MC_ITEM = {"options": [f"{letter}. {text}" for letter, text in zip("ABCD", MC_TEXTS)], "answer": "Colorectal cancer"}
 
 MC_PREDICTIONS = [
     ("C", 1.0),
@@ -189,6 +187,33 @@ def test_multiple_choice_dict_options_and_letter_gold() -> None:
     assert score("gpqa", "blue", item) == 1.0
     assert score("gpqa", "(B)", item) == 1.0
     assert score("gpqa", "A", item) == 0.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        str(MC_ITEM["options"]),
+        "['A) Hemolytic uremic syndrome', 'B) Oral ulcers', 'C) Colorectal cancer', 'D) Pancreatic cancer']",
+        json.dumps(MC_ITEM["options"]),
+        json.dumps(dict(zip("ABCD", MC_TEXTS))),
+    ],
+    ids=["python-list", "python-list-parens", "json-list", "json-dict"],
+)
+def test_multiple_choice_options_encoded_as_a_string(options: str) -> None:
+    """Some published MedQA/GPQA copies store options as a list literal in a string;
+    load_benchmark JSON-encodes an options column whose type varies by row."""
+    assert option_texts(options) == MC_TEXTS
+    item = {"options": options, "answer": "Colorectal cancer"}
+    assert score("medqa", "C", item) == 1.0
+    assert score("medqa", "<answer>(B)</answer>", item) == 0.0
+
+
+def test_options_string_that_is_no_literal_is_never_run() -> None:
+    assert option_texts("__import__('os').system('false')") == []
+    assert option_texts("A. red B. blue") == []
+    item = {"options": "A. red B. blue", "answer": "blue"}
+    assert score("gpqa", "blue", item) == 1.0  # without options the answer text is compared
+    assert score("gpqa", "B", item) == 0.0
 
 
 # ------------------------------------------------------------------ game of 24
