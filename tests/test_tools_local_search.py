@@ -37,6 +37,18 @@ def test_blank_query_is_refused_by_the_args_schema() -> None:
         LocalSearchTool.from_texts(TEXTS).invoke({"query": "  "})
 
 
+@pytest.mark.parametrize("texts", [["a b c", "x y z"], ["the of and", "I"]])
+def test_corpus_without_searchable_words_is_a_clear_error(texts: list[str]) -> None:
+    with pytest.raises(ValueError, match="no searchable words in the corpus"):
+        LocalSearchTool.from_texts(texts)
+
+
+def test_passages_without_searchable_words_are_kept_beside_others() -> None:
+    tool = LocalSearchTool.from_texts(["a b c", "Canberra is the capital."])
+    assert tool.invoke({"query": "capital"}) == "[1] Canberra is the capital."
+    assert tool.invoke({"query": "b"}).startswith("No passages matched")
+
+
 def test_from_jsonl_uses_titles(tmp_path: Path) -> None:
     path = tmp_path / "corpus.jsonl"
     records = [{"id": 1, "title": "Everest", "text": "Highest mountain, 8,849 m."}, {"text": "Reefs are made of coral."}]

@@ -54,11 +54,22 @@ class LocalSearchTool(BaseTool):
     _index: bm25s.BM25 = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        """Index the passages once, when the tool is built."""
+        """Index the passages once, when the tool is built.
+
+        bm25s indexes words of two or more characters that are not English stopwords;
+        a corpus with none (`["a b c"]`, `["the of"]`) would otherwise fail inside
+        bm25s with "max() arg is an empty sequence".
+        """
         if not self.passages:
             raise ValueError("local_search needs at least one passage; the corpus is empty")
+        tokens = _tokenize([_searchable(p) for p in self.passages])
+        if not any(tokens):
+            raise ValueError(
+                "local_search found no searchable words in the corpus: it indexes words of two or more "
+                "characters that are not English stopwords (the, of, and, ...)"
+            )
         self._index = bm25s.BM25()
-        self._index.index(_tokenize([_searchable(p) for p in self.passages]), show_progress=False)
+        self._index.index(tokens, show_progress=False)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], k: int = 3) -> LocalSearchTool:
