@@ -98,6 +98,20 @@ def test_user_jsonl_and_json(tmp_path: Path) -> None:
     assert ds["pid"] == ["7", "8"] and ds["meta"] == ["1", "two"]  # mixed-type column stored as text
 
 
+def test_options_stored_as_json_text_still_score(tmp_path: Path) -> None:
+    """An options column mixing lists and dicts is stored JSON-encoded; the scorer parses it back."""
+    path = tmp_path / "mc.json"
+    records = [
+        {"query": "Sky?", "answer": "blue", "options": ["A. red", "B. blue"]},
+        {"query": "Grass?", "answer": "green", "options": {"A": "green", "B": "gray"}},
+    ]
+    path.write_text(json.dumps(records))
+    rows = load_benchmark(str(path))
+    assert rows["options"] == [json.dumps(r["options"]) for r in records]
+    assert score("multiple_choice", "B", rows[0]) == 1.0 and score("multiple_choice", "A", rows[1]) == 1.0
+    assert score("multiple_choice", "A", rows[0]) == 0.0
+
+
 def test_malformed_file_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "answer": "a"}\n{"query": "q2", "answer": \n')

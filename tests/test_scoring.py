@@ -153,33 +153,26 @@ def test_math_scoring_is_fast() -> None:
 
 # ------------------------------------------------------------------ multiple choice
 
-MC_ITEM = {
-    "options": ["A. Hemolytic uremic syndrome", "B. Oral ulcers", "C. Colorectal cancer", "D. Pancreatic cancer"],
-    "answer": "Colorectal cancer",
-}
+MC_TEXTS = ["Hemolytic uremic syndrome", "Oral ulcers", "Colorectal cancer", "Pancreatic cancer"]
+MC_ITEM = {"options": [f"{letter}. {text}" for letter, text in zip("ABCD", MC_TEXTS)], "answer": "Colorectal cancer"}
 
-
-@pytest.mark.parametrize(
-    ("prediction", "expected"),
-    [
-        ("C", 1.0),
-        ("c", 1.0),
-        ("(C)", 1.0),
-        ("C.", 1.0),
-        ("Answer: C", 1.0),
-        ("The correct answer is (C).", 1.0),
-        ("<answer>C. Colorectal cancer</answer>", 1.0),
-        ("colorectal cancer", 1.0),
-        ("Long reasoning about the colon... so the answer is C.", 1.0),
-        ("B", 0.0),
-        ("C. Oral ulcers", 0.0),  # letter and text disagree
-        ("E", 0.0),
-        ("A 34-year-old man has colorectal cancer risk", 0.0),
-        ("", 0.0),
-    ],
-)
-def test_multiple_choice_letters_and_text(prediction: str, expected: float) -> None:
-    assert score("medqa", prediction, MC_ITEM) == expected
+MC_PREDICTIONS = [
+    ("C", 1.0),
+    ("c", 1.0),
+    ("(C)", 1.0),
+    ("C.", 1.0),
+    ("Answer: C", 1.0),
+    ("The correct answer is (C).", 1.0),
+    ("<answer>C. Colorectal cancer</answer>", 1.0),
+    ("colorectal cancer", 1.0),
+    ("Long reasoning about the colon... so the answer is C.", 1.0),
+    ("B", 0.0),
+    ("C. Oral ulcers", 0.0),  # letter and text disagree
+    ("E", 0.0),
+    ("A 34-year-old man has colorectal cancer risk", 0.0),
+    ("", 0.0),
+]
+"""(prediction, score against MC_ITEM): letters and option text; scored in test_prediction_scores."""
 
 
 def test_multiple_choice_option_that_is_a_letter() -> None:
@@ -196,39 +189,79 @@ def test_multiple_choice_dict_options_and_letter_gold() -> None:
     assert score("gpqa", "A", item) == 0.0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        str(MC_ITEM["options"]),
+        "['A) Hemolytic uremic syndrome', 'B) Oral ulcers', 'C) Colorectal cancer', 'D) Pancreatic cancer']",
+        json.dumps(MC_ITEM["options"]),
+        json.dumps(dict(zip("ABCD", MC_TEXTS))),
+    ],
+    ids=["python-list", "python-list-parens", "json-list", "json-dict"],
+)
+def test_multiple_choice_options_encoded_as_a_string(options: str) -> None:
+    """Some published MedQA/GPQA copies store options as a list literal in a string;
+    load_benchmark JSON-encodes an options column whose type varies by row."""
+    assert option_texts(options) == MC_TEXTS
+    item = {"options": options, "answer": "Colorectal cancer"}
+    assert score("medqa", "C", item) == 1.0
+    assert score("medqa", "<answer>(B)</answer>", item) == 0.0
+
+
+def test_options_string_that_is_no_literal_is_never_run() -> None:
+    assert option_texts("__import__('os').system('false')") == []
+    assert option_texts("A. red B. blue") == []
+    item = {"options": "A. red B. blue", "answer": "blue"}
+    assert score("gpqa", "blue", item) == 1.0  # without options the answer text is compared
+    assert score("gpqa", "B", item) == 0.0
+
+
 # ------------------------------------------------------------------ game of 24
 
 G24 = {"question": [1, 1, 1, 8]}
 
+G24_PREDICTIONS = [
+    ("(1+1+1)×8", 1.0),
+    ("(1 + 1 + 1) * 8 = 24", 1.0),
+    (r"<answer>$(1+1+1) \times 8$</answer>", 1.0),
+    ("Step 1: ...\nSo (1+1+1)×8 = 24.", 1.0),
+    ("24 = 8*(1+1+1)", 1.0),
+    ("8÷(1÷3)", 0.0),  # a 3 that is not in the puzzle
+    ("(1+1)×8+8", 0.0),  # reuses 8, misses a 1
+    ("(1+1)×8", 0.0),  # misses a number
+    ("8/(1-1)+1", 0.0),  # division by zero
+    ("(1+1+1)*8.0", 0.0),  # float literal is not a puzzle number
+    ("-1+1+1*8+16", 0.0),
+    ("(1+1+1)**8", 0.0),
+    ("(1+1+1)8", 0.0),
+    ("3*8", 0.0),
+    ("__import__('os')", 0.0),
+]
+"""(prediction, score against G24): extraction and the strict checker."""
+
 
 @pytest.mark.parametrize(
-    ("prediction", "expected"),
-    [
-        ("(1+1+1)×8", 1.0),
-        ("(1 + 1 + 1) * 8 = 24", 1.0),
-        (r"<answer>$(1+1+1) \times 8$</answer>", 1.0),
-        ("Step 1: ...\nSo (1+1+1)×8 = 24.", 1.0),
-        ("24 = 8*(1+1+1)", 1.0),
-        ("8÷(1÷3)", 0.0),  # a 3 that is not in the puzzle
-        ("(1+1)×8+8", 0.0),  # reuses 8, misses a 1
-        ("(1+1)×8", 0.0),  # misses a number
-        ("8/(1-1)+1", 0.0),  # division by zero
-        ("(1+1+1)*8.0", 0.0),  # float literal is not a puzzle number
-        ("-1+1+1*8+16", 0.0),
-        ("(1+1+1)**8", 0.0),
-        ("(1+1+1)8", 0.0),
-        ("3*8", 0.0),
-        ("__import__('os')", 0.0),
-    ],
+    ("benchmark", "item", "prediction", "expected"),
+    [("medqa", MC_ITEM, *case) for case in MC_PREDICTIONS] + [("gameof24", G24, *case) for case in G24_PREDICTIONS],
 )
-def test_gameof24_checker(prediction: str, expected: float) -> None:
-    assert score("gameof24", prediction, G24) == expected
+def test_prediction_scores(benchmark: str, item: dict, prediction: str, expected: float) -> None:
+    assert score(benchmark, prediction, item) == expected
 
 
 def test_gameof24_exact_fractions() -> None:
     assert check_24("8/(3-8/3)", [3, 3, 8, 8])
     assert not check_24("8/(3-8/3)", [3, 8, 8])
     assert check_24("(5-1/5)*5", [1, 5, 5, 5])
+
+
+def test_gameof24_reads_written_operators_but_allows_only_the_four() -> None:
+    """check_24 shares the calculator's evaluator: × ÷ − are read (its own parser refused
+    them), while signs, powers and decimals stay outside the game's basic operations."""
+    assert check_24("8÷(3−8÷3)", [3, 3, 8, 8])
+    assert check_24(" (1 + 1 + 1) × 8 ", [1, 1, 1, 8])
+    assert not check_24("-(2-5)*8", [2, 5, 8])  # 24, with a unary minus
+    assert not check_24("2^3*3", [2, 3, 3])
+    assert not check_24("48/2.0", [48, 2])
 
 
 def test_gameof24_question_as_string_or_from_query() -> None:

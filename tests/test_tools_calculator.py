@@ -1,15 +1,15 @@
-"""The `calculator` tool: exact results, human notation, and no eval."""
+"""The `calculator` tool: exact results formatted for a model, and bad input as ToolException.
+
+The evaluator's own rules (notation, what each rule set allows) are tested in
+test_tools_arithmetic.py.
+"""
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from langchain_core.tools import ToolException
 
-from agentflow.tools.calculator import CalculatorTool, calculate, normalize_expression
+from agentflow.tools.calculator import CalculatorTool
 
 
 @pytest.mark.parametrize(
@@ -69,22 +69,13 @@ def test_evaluates_exactly(expression: str, expected: str) -> None:
         ("log(0)", "positive"),
         ("exp(100000)", "too large"),
         ("1" * 3000, "longer than"),
+        # each of these used to hang the tool or escape as another exception type
+        ("1e999999999", "out of range"),
+        ("1e-999999999", "out of range"),
+        ("round(1, 10**9)", "round needs"),
+        ("+".join(["1"] * 999), "nested too deeply"),
     ],
 )
 def test_rejects_bad_input_with_tool_exception(expression: str, message: str) -> None:
-    started = time.monotonic()
     with pytest.raises(ToolException, match=message):
         CalculatorTool().invoke({"expression": expression})
-    assert time.monotonic() - started < 1
-
-
-def test_thousands_separators_only_outside_call_arguments() -> None:
-    assert normalize_expression("12,345,678 + 1") == "12345678 + 1"
-    assert normalize_expression("max(12,345)") == "max(12,345)"
-    assert normalize_expression("(12,345) * 2") == "(12345) * 2"
-    assert normalize_expression("1,23") == "1,23"
-
-
-@given(st.integers(-10**12, 10**12), st.integers(-10**12, 10**12))
-def test_integer_arithmetic_matches_python(a: int, b: int) -> None:
-    assert calculate(f"{a} * {b} + {a} - ({b})") == str(a * b + a - b)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from langchain_core.tools import ToolException
+from pydantic import ValidationError
 
 from agentflow.tools.local_search import LocalSearchTool
 
@@ -32,9 +32,21 @@ def test_k_larger_than_corpus_and_unmatched_query() -> None:
     assert tool.invoke({"query": "the of and"}).startswith("No passages matched")
 
 
-def test_empty_query_raises_tool_exception() -> None:
-    with pytest.raises(ToolException, match="empty query"):
+def test_blank_query_is_refused_by_the_args_schema() -> None:
+    with pytest.raises(ValidationError, match="at least 1 character"):
         LocalSearchTool.from_texts(TEXTS).invoke({"query": "  "})
+
+
+@pytest.mark.parametrize("texts", [["a b c", "x y z"], ["the of and", "I"]])
+def test_corpus_without_searchable_words_is_a_clear_error(texts: list[str]) -> None:
+    with pytest.raises(ValueError, match="no searchable words in the corpus"):
+        LocalSearchTool.from_texts(texts)
+
+
+def test_passages_without_searchable_words_are_kept_beside_others() -> None:
+    tool = LocalSearchTool.from_texts(["a b c", "Canberra is the capital."])
+    assert tool.invoke({"query": "capital"}) == "[1] Canberra is the capital."
+    assert tool.invoke({"query": "b"}).startswith("No passages matched")
 
 
 def test_from_jsonl_uses_titles(tmp_path: Path) -> None:

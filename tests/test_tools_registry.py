@@ -1,4 +1,5 @@
-"""Tool cards, the tool registry (default_tools/get_tools) and the base_generator tool.
+"""Tool cards, what every tool keeps to (blank arguments refused, failures as ToolException),
+the tool registry (default_tools/get_tools) and the base_generator tool.
 
 The base_generator tests use a fake chat model from langchain-core: a real
 model is not needed to test the plumbing (messages in, text out, errors).
@@ -14,8 +15,9 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from agentflow.nodes.parsing import parse_tool_arguments
 from agentflow.tools import (
     BASE_GENERATOR_SYSTEM,
     TOOL_NAMES,
@@ -24,11 +26,14 @@ from agentflow.tools import (
     LocalSearchTool,
     PythonSandboxTool,
     ToolUnavailable,
+    WebSearchTool,
+    WikipediaTool,
     default_tools,
     get_tools,
     render_tool_cards,
     tool_card,
 )
+from agentflow.tools.cards import card_metadata
 
 
 class _Args(BaseModel):
@@ -83,6 +88,34 @@ def test_every_offline_tool_has_a_short_card() -> None:
         assert tool.handle_tool_error is False
         assert len(render_tool_cards([tool]).splitlines()) == 3
     assert len(render_tool_cards(tools)) < 1200
+
+
+def test_card_metadata_is_what_the_card_reads_and_is_copied_per_tool() -> None:
+    metadata = card_metadata(examples=[{"city": "Oslo"}], limitations=["Made up."], best_practices=["Name a city."])
+    card = tool_card(_Weather(metadata=metadata))
+    assert card["demo_commands"] == ['weather(city="Oslo")']
+    assert card["limitations"] == ["Made up."] and card["best_practices"] == ["Name a city."]
+    first, second = CalculatorTool(), CalculatorTool()
+    first.metadata["limitations"].append("changed")
+    assert "changed" not in second.metadata["limitations"]
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        LocalSearchTool.from_texts(["some text"]),
+        BaseGeneratorTool(llm=FakeListChatModel(responses=["x"])),
+        WebSearchTool(client=None),
+        WikipediaTool(api_wrapper=None),
+    ],
+    ids=lambda tool: tool.name,
+)
+def test_blank_query_is_invalid_arguments_before_the_tool_runs(tool: BaseTool) -> None:
+    """The executor validates arguments against the schema first and records the error."""
+    parsed = parse_tool_arguments('{"query": "   "}', tool)
+    assert parsed.args is None and parsed.error.startswith(f"invalid arguments for {tool.name}")
+    with pytest.raises(ValidationError, match="at least 1 character"):
+        tool.invoke({"query": " "})
 
 
 def test_default_tools_without_llm_or_corpus() -> None:
@@ -145,7 +178,7 @@ def test_base_generator_async() -> None:
 def test_base_generator_errors_become_tool_exceptions() -> None:
     with pytest.raises(ToolException, match="empty answer"):
         BaseGeneratorTool(llm=FakeListChatModel(responses=[""])).invoke({"query": "hi"})
-    with pytest.raises(ToolException, match="model call failed"):
+    with pytest.raises(ToolException, match="^base_generator failed: "):
         BaseGeneratorTool(llm=GenericFakeChatModel(messages=iter([]))).invoke({"query": "hi"})
-    with pytest.raises(ToolException, match="empty query"):
-        BaseGeneratorTool(llm=FakeListChatModel(responses=["x"])).invoke({"query": " "})
+    with pytest.raises(ToolException, match="^base_generator failed: "):
+        asyncio.run(BaseGeneratorTool(llm=GenericFakeChatModel(messages=iter([]))).ainvoke({"query": "hi"}))

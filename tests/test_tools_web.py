@@ -12,7 +12,6 @@ from agentflow.tools.web import (
     ToolUnavailable,
     WebSearchTool,
     WikipediaTool,
-    available_online_tools,
     web_search_tool,
     wikipedia_tool,
 )
@@ -56,13 +55,6 @@ def test_missing_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         web_search_tool()
     with pytest.raises(ToolUnavailable, match="'langchain-community' package"):
         wikipedia_tool()
-
-
-def test_available_online_tools_lists_skips(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TAVILY_API_KEY", raising=False)
-    tools, skipped = available_online_tools()
-    assert [t.name for t in tools] == ["wikipedia"]
-    assert skipped == ["web_search skipped: set TAVILY_API_KEY to use Tavily web search"]
 
 
 def test_web_search_formats_results() -> None:

@@ -13,6 +13,7 @@ because those are caller bugs that would otherwise silently score 0.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import string
 import threading
@@ -23,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agentflow.extract import extract_answer  # the generator's contract, one definition
+from agentflow.tools.arithmetic import FOUR_OPERATIONS, ExpressionError, evaluate
 
 if TYPE_CHECKING:  # the reward path should not pay for importing LangChain
     from langchain_core.language_models import BaseChatModel
@@ -31,14 +33,35 @@ if TYPE_CHECKING:  # the reward path should not pay for importing LangChain
 # hand to regexes and sympy keeps the reward fast on pathological generations.
 _MAX_PREDICTION_CHARS = 20_000
 _MAX_ANSWER_CHARS = 2000
-_MAX_24_EXPR_CHARS = 200
 # math_verify interrupts parsing/comparison with SIGALRM (whole seconds, main thread only).
 _MATH_VERIFY_TIMEOUT_S = 1
 
 Scorer = Callable[[str, Mapping[str, Any]], float]
 
 
+# --------------------------------------------------------------------------- item fields
+
+
+def _parse_literal(text: str) -> Any:
+    """The JSON value or Python literal spelled by `text`, else None.
+
+    Item fields that should be lists often arrive as strings: published copies store
+    `"['A) ...', 'B) ...']"` or `"['james madison']"` (Python literals), and
+    `load_benchmark` JSON-encodes a column whose type varies by row. Both are parsed,
+    never executed (`json.loads`, then `ast.literal_eval`).
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 # --------------------------------------------------------------------------- extraction
+
 
 def extract_boxed(text: str) -> str | None:
     r"""Content of the last `\boxed{...}` (or `\fbox{...}`), honouring nested braces."""
@@ -86,18 +109,15 @@ def gold_aliases(answer: Any) -> list[str]:
     """All accepted answers of an item.
 
     Golds come as a plain string, a real list (bamboogle/hotpotqa as shipped), a string
-    holding a Python list literal ("['james madison']", the published format and what
-    `load_benchmark` stores for list answers), or a number. `ast.literal_eval` parses the
-    literal without executing anything; a string that merely looks like a list stays a string.
+    holding a list literal ("['james madison']", the published format and what
+    `load_benchmark` stores for list answers), or a number. A string that merely looks
+    like a list stays a string.
     """
     if isinstance(answer, (list, tuple)):
         return [str(a) for a in answer]
     text = str(answer).strip()
     if text.startswith("[") and text.endswith("]"):
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return [text]
+        parsed = _parse_literal(text)
         if isinstance(parsed, (list, tuple)) and parsed:
             return [str(a) for a in parsed]
     return [text]
@@ -229,7 +249,10 @@ _LETTER_IN_TEXT = re.compile(r"(?i:answer|option|choice)\s*(?:is)?\s*[:\-]?\s*\(
 
 
 def option_texts(options: Any) -> list[str]:
-    """Option texts in letter order, from a list ("A. text" or "text") or a {"A": text} dict."""
+    """Option texts in letter order, from a list ("A. text", "A) text" or "text") or a
+    {"A": text} dict, either of them possibly encoded as a string (JSON or Python literal)."""
+    if isinstance(options, str):
+        options = _parse_literal(options.strip())
     if isinstance(options, Mapping):
         return [str(options[k]).strip() for k in sorted(options)]
     if isinstance(options, (list, tuple)):
@@ -312,41 +335,17 @@ def extract_24_expression(prediction: str) -> str:
     return text
 
 
-def _eval_24(node: ast.AST, literals: list[int]) -> Fraction:
-    """Exact evaluation of + - * / over int literals; anything else is rejected.
-
-    Unary minus and powers are not "basic operations" of the game and are refused; float
-    literals (2.5) are not puzzle numbers and are refused too.
-    """
-    if isinstance(node, ast.Expression):
-        return _eval_24(node.body, literals)
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        literals.append(node.value)
-        return Fraction(node.value)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
-        left, right = _eval_24(node.left, literals), _eval_24(node.right, literals)
-        if isinstance(node.op, ast.Add):
-            return left + right
-        if isinstance(node.op, ast.Sub):
-            return left - right
-        if isinstance(node.op, ast.Mult):
-            return left * right
-        return left / right  # ZeroDivisionError handled by the caller
-    raise ValueError(f"disallowed syntax: {type(node).__name__}")
-
-
 def check_24(expression: str, numbers: list[int]) -> bool:
-    """True iff `expression` uses each of `numbers` exactly once and equals 24 exactly."""
-    expression = expression.strip()
-    if not expression or len(expression) > _MAX_24_EXPR_CHARS or not _24_ALLOWED.match(expression):
-        return False
+    """True iff `expression` uses each of `numbers` exactly once and equals 24 exactly.
+
+    Only the game's basic operations count (`FOUR_OPERATIONS`): + - * / and parentheses
+    over whole numbers; unary minus, powers and decimals (8.0) are refused.
+    """
     try:
-        tree = ast.parse(expression, mode="eval")
-        literals: list[int] = []
-        value = _eval_24(tree, literals)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
+        value, literals = evaluate(expression, FOUR_OPERATIONS)
+    except ExpressionError:
         return False
-    return sorted(literals) == sorted(numbers) and value == 24
+    return value == 24 and sorted(literals) == sorted(numbers)
 
 
 def puzzle_numbers(item: Mapping[str, Any]) -> list[int]:
@@ -357,10 +356,7 @@ def puzzle_numbers(item: Mapping[str, Any]) -> list[int]:
         match = re.search(r"\[[\d,\s]+\]", str(item.get("query", "")))
         source = match.group(0) if match else None
     if isinstance(source, str):
-        try:
-            source = ast.literal_eval(source.strip())
-        except (ValueError, SyntaxError):
-            source = None
+        source = _parse_literal(source.strip())
     if not isinstance(source, (list, tuple)) or not all(isinstance(n, int) for n in source) or not source:
         raise ValueError(f"gameof24 item has no puzzle numbers in 'question' or 'query': {dict(item)!r:.200}")
     return list(source)

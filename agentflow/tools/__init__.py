@@ -21,7 +21,6 @@ from agentflow.tools.web import (
     ToolUnavailable,
     WebSearchTool,
     WikipediaTool,
-    available_online_tools,
     web_search_tool,
     wikipedia_tool,
 )
@@ -41,7 +40,6 @@ __all__ = [
     "ToolUnavailable",
     "WebSearchTool",
     "WikipediaTool",
-    "available_online_tools",
     "default_tools",
     "get_tools",
     "render_tool_cards",

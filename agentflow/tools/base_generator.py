@@ -2,26 +2,26 @@
 
 Some sub-goals need no computation or retrieval, only the model's own
 knowledge or reasoning (summarise, explain, restate). The planner can route
-those here. Its system prompt lives with
-every other prompt in `agentflow/prompts.py`.
+those here. Its system prompt lives with every other prompt in
+`agentflow/prompts.py`.
 """
 
 from __future__ import annotations
 
-from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field
 
 from agentflow.prompts import BASE_GENERATOR_SYSTEM
-
+from agentflow.tools.cards import card_metadata
+from agentflow.tools.contract import NonBlankText, reported_as_tool_failure
 
 
 class BaseGeneratorInput(BaseModel):
     """Arguments of the `base_generator` tool."""
 
-    query: str = Field(description="The question or instruction to answer in plain text.")
+    query: NonBlankText = Field(description="The question or instruction to answer in plain text.")
 
 
 class BaseGeneratorTool(BaseTool):
@@ -31,35 +31,24 @@ class BaseGeneratorTool(BaseTool):
     description: str = "Answer a question or do a text task (explain, summarise, reason) with the language model itself."
     args_schema: type[BaseModel] = BaseGeneratorInput
     llm: BaseChatModel
-    metadata: dict = Field(
-        default_factory=lambda: {
-            "examples": [{"query": "Summarize in one sentence: the mitochondria produce most of the cell's energy."}],
-            "limitations": ["May be wrong about facts and arithmetic; no internet."],
-            "best_practices": ["Ask one clear, self-contained question with all needed context."],
-            "output_type": "str",
-        }
+    metadata: dict = card_metadata(
+        examples=[{"query": "Summarize in one sentence: the mitochondria produce most of the cell's energy."}],
+        limitations=["May be wrong about facts and arithmetic; no internet."],
+        best_practices=["Ask one clear, self-contained question with all needed context."],
     )
 
-    def _run(self, query: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
-        messages = _messages(query)
-        try:
-            reply = self.llm.invoke(messages)
-        except Exception as exc:
-            raise ToolException(f"base_generator: the model call failed: {exc}") from exc
+    def _run(self, query: str) -> str:
+        with reported_as_tool_failure(self.name):
+            reply = self.llm.invoke(_messages(query))
         return _text(reply)
 
-    async def _arun(self, query: str, run_manager: AsyncCallbackManagerForToolRun | None = None) -> str:
-        messages = _messages(query)
-        try:
-            reply = await self.llm.ainvoke(messages)
-        except Exception as exc:
-            raise ToolException(f"base_generator: the model call failed: {exc}") from exc
+    async def _arun(self, query: str) -> str:
+        with reported_as_tool_failure(self.name):
+            reply = await self.llm.ainvoke(_messages(query))
         return _text(reply)
 
 
 def _messages(query: str) -> list[BaseMessage]:
-    if not query.strip():
-        raise ToolException("empty query")
     return [SystemMessage(BASE_GENERATOR_SYSTEM), HumanMessage(query)]
 
 

@@ -3,7 +3,8 @@
 Cards are derived from the tool itself (name, description, args schema) so a
 prompt can never describe arguments a tool does not accept. Extra guidance
 (`examples`, `limitations`, `best_practices`, `output_type`) comes from
-`tool.metadata` when the tool provides it.
+`tool.metadata` (LangChain's own field) when the tool provides it; AgentFlow's
+tools write it with `card_metadata`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from langchain_core.tools import BaseTool
+
+
+def card_metadata(
+    *, examples: list[dict[str, str]], limitations: list[str], best_practices: list[str]
+) -> dict[str, Any]:
+    """A tool's `metadata` holding the guidance `tool_card` reads.
+
+    Written through this function rather than as a dict literal so that a misspelt
+    key fails where the tool is defined instead of silently leaving the guidance out
+    of every prompt. Use it as the field default (`metadata: dict = card_metadata(...)`);
+    pydantic copies a mutable default for each instance.
+    """
+    return {"examples": examples, "limitations": limitations, "best_practices": best_practices}
 
 
 def tool_card(tool: BaseTool) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import bm25s
-from langchain_core.callbacks import CallbackManagerForToolRun
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from agentflow.tools.cards import card_metadata
+from agentflow.tools.contract import NonBlankText
 
 
 class Passage(BaseModel):
@@ -31,7 +33,7 @@ class Passage(BaseModel):
 class LocalSearchInput(BaseModel):
     """Arguments of the `local_search` tool."""
 
-    query: str = Field(description="Keywords to look up in the local documents.")
+    query: NonBlankText = Field(description="Keywords to look up in the local documents.")
 
 
 class LocalSearchTool(BaseTool):
@@ -44,22 +46,30 @@ class LocalSearchTool(BaseTool):
     args_schema: type[BaseModel] = LocalSearchInput
     passages: list[Passage]
     k: int = Field(default=3, ge=1)
-    metadata: dict = Field(
-        default_factory=lambda: {
-            "examples": [{"query": "capital of Australia"}],
-            "limitations": ["Only knows the local documents; keyword matching, not meaning."],
-            "best_practices": ["Use a few specific keywords (names, dates), not a whole question."],
-            "output_type": "str",
-        }
+    metadata: dict = card_metadata(
+        examples=[{"query": "capital of Australia"}],
+        limitations=["Only knows the local documents; keyword matching, not meaning."],
+        best_practices=["Use a few specific keywords (names, dates), not a whole question."],
     )
     _index: bm25s.BM25 = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        """Index the passages once, when the tool is built."""
+        """Index the passages once, when the tool is built.
+
+        bm25s indexes words of two or more characters that are not English stopwords;
+        a corpus with none (`["a b c"]`, `["the of"]`) would otherwise fail inside
+        bm25s with "max() arg is an empty sequence".
+        """
         if not self.passages:
             raise ValueError("local_search needs at least one passage; the corpus is empty")
+        tokens = _tokenize([_searchable(p) for p in self.passages])
+        if not any(tokens):
+            raise ValueError(
+                "local_search found no searchable words in the corpus: it indexes words of two or more "
+                "characters that are not English stopwords (the, of, and, ...)"
+            )
         self._index = bm25s.BM25()
-        self._index.index(_tokenize([_searchable(p) for p in self.passages]), show_progress=False)
+        self._index.index(tokens, show_progress=False)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], k: int = 3) -> LocalSearchTool:
@@ -109,9 +119,7 @@ class LocalSearchTool(BaseTool):
         ids, scores = self._index.retrieve(tokens, k=k, show_progress=False)
         return [(self.passages[int(i)], float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
 
-    def _run(self, query: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
-        if not query.strip():
-            raise ToolException("empty query; give a few keywords")
+    def _run(self, query: str) -> str:
         hits = self.search(query)
         if not hits:
             return f"No passages matched {query!r}. Try other keywords."

@@ -1,9 +1,9 @@
 """Online tools: `web_search` (Tavily) and `wikipedia`.
 
 They need a network, and Tavily needs an API key, so they are built by
-factories that raise `ToolUnavailable` with a message saying what is missing;
-`available_online_tools` turns those into skip messages for the CLI. Client
-libraries are imported lazily so the offline tools work without them.
+factories that raise `ToolUnavailable` with a message saying what is missing
+(the CLI prints it). Client libraries are imported lazily so the offline tools
+work without them.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import os
 import warnings
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForToolRun
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field
+
+from agentflow.tools.cards import card_metadata
+from agentflow.tools.contract import NonBlankText, reported_as_tool_failure
 
 TAVILY_KEY_ENV = "TAVILY_API_KEY"
 
@@ -26,7 +28,7 @@ class ToolUnavailable(RuntimeError):
 class WebQueryInput(BaseModel):
     """Arguments of the online search tools."""
 
-    query: str = Field(description="A short web search query.")
+    query: NonBlankText = Field(description="A short web search query.")
 
 
 class WebSearchTool(BaseTool):
@@ -38,22 +40,15 @@ class WebSearchTool(BaseTool):
     client: Any
     max_results: int = Field(default=3, ge=1)
     max_snippet_chars: int = 500
-    metadata: dict = Field(
-        default_factory=lambda: {
-            "examples": [{"query": "2024 Nobel Prize in Physics winners"}],
-            "limitations": ["Snippets can be outdated or wrong; needs internet."],
-            "best_practices": ["Search for one specific fact at a time."],
-            "output_type": "str",
-        }
+    metadata: dict = card_metadata(
+        examples=[{"query": "2024 Nobel Prize in Physics winners"}],
+        limitations=["Snippets can be outdated or wrong; needs internet."],
+        best_practices=["Search for one specific fact at a time."],
     )
 
-    def _run(self, query: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
-        if not query.strip():
-            raise ToolException("empty query")
-        try:
+    def _run(self, query: str) -> str:
+        with reported_as_tool_failure(self.name):
             response = self.client.search(query, max_results=self.max_results)
-        except Exception as exc:
-            raise ToolException(f"web_search failed: {exc}") from exc
         return format_search_results(response, self.max_snippet_chars)
 
 
@@ -77,22 +72,15 @@ class WikipediaTool(BaseTool):
     description: str = "Look up a topic on Wikipedia and return page summaries. Use for people, places, events, definitions."
     args_schema: type[BaseModel] = WebQueryInput
     api_wrapper: Any
-    metadata: dict = Field(
-        default_factory=lambda: {
-            "examples": [{"query": "Alan Turing"}],
-            "limitations": ["Summaries only; needs internet."],
-            "best_practices": ["Query the page title (a name or term), not a full question."],
-            "output_type": "str",
-        }
+    metadata: dict = card_metadata(
+        examples=[{"query": "Alan Turing"}],
+        limitations=["Summaries only; needs internet."],
+        best_practices=["Query the page title (a name or term), not a full question."],
     )
 
-    def _run(self, query: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
-        if not query.strip():
-            raise ToolException("empty query")
-        try:
+    def _run(self, query: str) -> str:
+        with reported_as_tool_failure(self.name):
             return self.api_wrapper.run(query)
-        except Exception as exc:
-            raise ToolException(f"wikipedia failed: {exc}") from exc
 
 
 def web_search_tool(max_results: int = 3) -> WebSearchTool:
@@ -120,15 +108,3 @@ def wikipedia_tool(top_k_results: int = 2, max_chars: int = 2000) -> WikipediaTo
     except ImportError as exc:
         raise ToolUnavailable("wikipedia skipped: the 'wikipedia' package is not installed") from exc
     return WikipediaTool(api_wrapper=wrapper)
-
-
-def available_online_tools() -> tuple[list[BaseTool], list[str]]:
-    """The online tools that can be built here, and one message per tool skipped."""
-    tools: list[BaseTool] = []
-    skipped: list[str] = []
-    for factory in (web_search_tool, wikipedia_tool):
-        try:
-            tools.append(factory())
-        except ToolUnavailable as exc:
-            skipped.append(str(exc))
-    return tools, skipped
