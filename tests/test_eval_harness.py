@@ -117,11 +117,11 @@ def test_failed_item_is_recorded_and_resume_retries_only_it(tmp_path):
 
 
 def test_sweep_gives_one_summary_per_budget_over_one_graph(tmp_path, monkeypatch):
-    import agentflow.graph.builder as builder
+    import agentflow.factory as factory
 
     built = []
-    real = builder.build_agentflow
-    monkeypatch.setattr(builder, "build_agentflow", lambda *a, **k: built.append(k["max_turns"]) or real(*a, **k))
+    real = factory.build_agentflow
+    monkeypatch.setattr(factory, "build_agentflow", lambda *a, **k: built.append(k["max_turns"]) or real(*a, **k))
     out = tmp_path / "out"
     result = run_eval(
         _bench(tmp_path, ITEMS[:2]), llm=agentflow_model(verdict="CONTINUE"), output=out,
@@ -182,9 +182,18 @@ def test_parse_react_reply():
         (["--benchmark", "{good}", "--scorer", "nosuch"], "unknown scorer"),
         (["--benchmark", "{good}", "--system", "nosuch"], "unknown system"),
         (["--benchmark", "{good}", "--sweep-max-turns", "1,x"], "comma-separated integers"),
+        (["--benchmark", "{good}", "--tools", "calculator,nosuch"], "unknown tool(s) nosuch"),
+        (["--benchmark", "{good}", "--tools", "local_search"], "local_search needs a corpus"),
     ],
 )
-def test_cli_errors_exit_2(tmp_path, args, message):
+def test_cli_errors_exit_2_before_a_model_loads(tmp_path, monkeypatch, args, message):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", refuse)
     files = {"bad": tmp_path / "bad.jsonl", "noanswer": tmp_path / "noanswer.jsonl", "good": tmp_path / "good.jsonl"}
     files["bad"].write_text('{"query": "q", "answer": "a"}\n{not json\n')
     files["noanswer"].write_text('{"query": "q"}\n')

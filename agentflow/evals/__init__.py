@@ -13,12 +13,11 @@ _LAZY = {
     "run_eval": "agentflow.evals.harness",
     "summarize": "agentflow.evals.harness",
     "write_report": "agentflow.evals.harness",
-    "load_models": "agentflow.evals.harness",
     "build_react": "agentflow.evals.react",
 }
 
-__all__ = ["BENCHMARKS", "build_react", "load_benchmark", "load_models", "make_toolmix", "run_eval", "score",
-           "summarize", "write_report"]
+__all__ = ["BENCHMARKS", "build_react", "load_benchmark", "make_toolmix", "run_eval", "score", "summarize",
+           "write_report"]
 
 
 def __getattr__(name: str):

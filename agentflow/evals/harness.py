@@ -49,10 +49,10 @@ from langchain_core.runnables import RunnableLambda
 
 from agentflow.evals.datasets import BENCHMARKS, load_benchmark, with_answer_instruction
 from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, score
+from agentflow.factory import DEFAULT_ROLE, ROLES, ModelSpec, ToolSpec, agentflow_graph, load_models, role_specs
+from agentflow.models import DEFAULT_MODEL
 
 SYSTEMS = ("agentflow", "react")
-ROLES = ("planner", "executor", "verifier", "generator")
-DEFAULT_EVAL_MODEL = "smollm2-135m-instruct"
 TABLE_FILE = "results.md"
 PLOT_FILES = {
     "ratio": "tool_call_ratio.png",
@@ -61,37 +61,7 @@ PLOT_FILES = {
 }
 
 
-# --------------------------------------------------------------------------- models and systems
-
-
-def load_models(
-    model: str = DEFAULT_EVAL_MODEL,
-    *,
-    planner_model: str | None = None,
-    executor_model: str | None = None,
-    verifier_model: str | None = None,
-    generator_model: str | None = None,
-    dtype: str = "float32",
-    max_new_tokens: int = 128,
-    seed: int = 0,
-    temperature: float = 0.0,
-) -> dict[str, BaseChatModel]:
-    """One `LocalChatModel` per role (and "default"), each distinct name loaded once."""
-    from agentflow.models import LocalChatModel
-
-    names = {
-        "default": model,
-        "planner": planner_model or model,
-        "executor": executor_model or model,
-        "verifier": verifier_model or model,
-        "generator": generator_model or model,
-    }
-    loaded: dict[str, BaseChatModel] = {}
-    for name in dict.fromkeys(names.values()):
-        loaded[name] = LocalChatModel.from_pretrained(
-            name, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature
-        )
-    return {role: loaded[name] for role, name in names.items()}
+# --------------------------------------------------------------------------- names
 
 
 def benchmark_label(benchmark: str) -> str:
@@ -112,15 +82,15 @@ def resolve_scorer(benchmark: str, scorer: str | None) -> str:
     raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)} (or a .json/.jsonl path)")
 
 
-def make_tools(tool_names: Sequence[str] | str | None, llm: BaseChatModel | None, corpus: Any = None) -> list:
-    """`--tools` names (comma string or list), else the offline default set."""
-    from agentflow.tools import default_tools, get_tools
+def eval_tools(benchmark: str, tools: str | Sequence[str] | None) -> ToolSpec:
+    """The tools for `benchmark` (checked, see `ToolSpec.parse`): toolmix's local_search
+    reads the corpus its items were made from."""
+    corpus = None
+    if benchmark == "toolmix":
+        from agentflow.evals.toolmix import make_toolmix
 
-    if isinstance(tool_names, str):
-        tool_names = [n for n in tool_names.split(",") if n.strip()]
-    if tool_names:
-        return get_tools(list(tool_names), llm=llm, corpus=corpus)
-    return default_tools(llm=llm, corpus=corpus)
+        corpus = make_toolmix().corpus
+    return ToolSpec.parse(tools, corpus)
 
 
 # --------------------------------------------------------------------------- one item
@@ -275,7 +245,7 @@ def run_eval(
     output: str | os.PathLike[str] = "eval_out",
     tools: Sequence[str] | str | None = None,
     scorer: str | None = None,
-    model: str = DEFAULT_EVAL_MODEL,
+    model: str = DEFAULT_MODEL,
     planner_model: str | None = None,
     executor_model: str | None = None,
     verifier_model: str | None = None,
@@ -293,11 +263,12 @@ def run_eval(
 
     `benchmark`: a name in BENCHMARKS or a .json/.jsonl file (`scorer` picks its scorer
     kind, default "qa_em"). Models: pass chat models (`llm` for every role, or `llms`
-    with keys "default"/planner/executor/verifier/generator), else they are loaded by
-    name (`model`, and per-module `*_model`), each distinct name once. ReAct uses the
-    default model. `sweep_max_turns` runs every turn budget over one compiled graph and
+    with key "default" and any of planner/executor/verifier/generator), else they are
+    loaded by name (`model`, and per-module `*_model`), each distinct name once. ReAct
+    and base_generator use the default model. `sweep_max_turns` runs every turn budget over one compiled graph and
     returns `{"sweep": [summary per budget], "accuracy_by_max_turns": {...}}`.
-    Raises ValueError for an unknown benchmark/system/scorer or a malformed file.
+    Raises ValueError for an unknown benchmark/system/scorer/tool or a malformed file,
+    before any model is loaded.
     """
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
@@ -311,34 +282,23 @@ def run_eval(
     if not items:
         raise ValueError(f"{benchmark}: no items to evaluate")
 
+    tool_spec = eval_tools(benchmark, tools)
+
     if llms is None:
         if llm is not None:
-            llms = {role: llm for role in ("default", *ROLES)}
+            llms = {role: llm for role in (DEFAULT_ROLE, *ROLES)}
         else:
-            llms = load_models(
-                model, planner_model=planner_model, executor_model=executor_model,
-                verifier_model=verifier_model, generator_model=generator_model,
-                dtype=dtype, max_new_tokens=max_new_tokens, seed=seed,
-            )
-    default_llm = llms.get("default") or llms["generator"]
-    corpus = None
-    if benchmark == "toolmix":
-        from agentflow.evals.toolmix import make_toolmix
-
-        corpus = make_toolmix().corpus  # the corpus the loader's toolmix items were made from
-    tool_list = make_tools(tools, default_llm, corpus)
+            spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens)
+            llms = load_models(role_specs(spec, planner=planner_model, executor=executor_model,
+                                          verifier=verifier_model, generator=generator_model))
+    tool_list = tool_spec.build(llms[DEFAULT_ROLE])
 
     if system == "react":
         from agentflow.evals.react import build_react
 
-        graph = build_react(default_llm, tool_list)
+        graph = build_react(llms[DEFAULT_ROLE], tool_list)
     else:
-        from agentflow.graph.builder import build_agentflow
-
-        graph = build_agentflow(
-            default_llm, tool_list, max_turns=max(budgets),
-            **{f"{role}_llm": llms.get(role, default_llm) for role in ROLES},
-        )
+        graph = agentflow_graph(llms, tool_list, max_turns=max(budgets))
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
