@@ -29,6 +29,19 @@ def _build(model: str, tools: Optional[str], corpus: Optional[Path], max_turns: 
     return agentflow_graph(models, tool_spec.build(models[DEFAULT_ROLE]), max_turns=max_turns)
 
 
+def _parse_turns(text: Optional[str]) -> Optional[list[int]]:
+    """'1,3,5,10' -> [1, 3, 5, 10]; ValueError on anything else."""
+    if not text:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--sweep-max-turns takes comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"--sweep-max-turns takes integers >= 1, got {text!r}")
+    return values
+
+
 def _show(node: str, update: dict[str, Any]) -> None:
     """One readable line (or block) per node update."""
     if node == "planner":
@@ -106,17 +119,17 @@ def eval_(
 ) -> None:
     """Evaluate AgentFlow (or the ReAct baseline) on benchmarks; writes JSONL rows, summaries, a table, plots."""
     from agentflow.evals import load_benchmark
-    from agentflow.evals.harness import eval_tools, parse_turns, resolve_scorer, run_eval
+    from agentflow.evals.runner import resolve_scorer, run_eval
+    from agentflow.evals.systems import check_system, eval_tools
     from agentflow.factory import ModelSpec, load_models, role_specs
     from agentflow.tools import ToolUnavailable
 
     benchmarks = [b.strip() for b in benchmark.split(",") if b.strip()]
     systems = [s.strip() for s in system.split(",") if s.strip()]
     try:
-        sweep = parse_turns(sweep_max_turns)
+        sweep = _parse_turns(sweep_max_turns)
         for name in systems:
-            if name not in ("agentflow", "react"):
-                raise ValueError(f"unknown system {name!r}; choose from agentflow, react")
+            check_system(name)
         for name in benchmarks:  # bad names, files, fields and tools fail here, before any model loads
             resolve_scorer(name, scorer)
             eval_tools(name, tools)

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from agentflow.cli import app
 from agentflow.evals import run_eval
-from agentflow.evals.harness import PLOT_FILES, TABLE_FILE, read_rows, run_name
+from agentflow.evals.report import PLOT_FILES, TABLE_FILE
+from agentflow.evals.runner import read_rows, run_name
 from agentflow.evals.text_tool_calling import parse_react_reply
 
 ITEMS = [
