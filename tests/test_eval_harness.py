@@ -21,6 +21,7 @@ from agentflow.cli import app
 from agentflow.evals import run_eval
 from agentflow.evals.report import PLOT_FILES, TABLE_FILE
 from agentflow.evals.runner import read_rows, run_name
+from agentflow.evals.stats import tool_error_rate
 from agentflow.evals.text_tool_calling import parse_react_reply
 
 ITEMS = [
@@ -151,6 +152,11 @@ def test_react_baseline_runs_on_a_scripted_model(tmp_path):
     bad = run_eval(_bench(tmp_path, ITEMS[:1]), system="react", llm=react_model(tool="nosuch"), output=tmp_path / "bad",
                    tools="calculator", progress=False, plots=False)
     assert bad["tool_calls"] == 1 and bad["tool_errors"] == 1 and bad["tool_call_error_rate"] == 1.0
+
+
+def test_tool_error_rate_is_failed_calls_per_call():
+    assert tool_error_rate(1, 4) == 0.25
+    assert tool_error_rate(0, 0) == 0.0  # no calls: no errors, not a division by zero
 
 
 def test_react_turn_budget_ends_without_recursion_error(tmp_path):

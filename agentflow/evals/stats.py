@@ -1,10 +1,24 @@
-"""Statistics over finished eval runs: the summary of a results file."""
+"""Statistics over finished runs, shared by eval summaries, the trainer's metrics and the
+learning benchmark, so a number means one thing wherever it is reported.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+
+def tool_error_rate(tool_errors: int, tool_calls: int) -> float:
+    """Failed tool calls / tool calls (0.0 when no tool was called).
+
+    A tool call is one AgentFlow memory record (one planner turn, whose action names one
+    tool; an unparsable action counts as a failed call) or one ReAct `ToolMessage`; it
+    failed when its record carries an error (ReAct: status "error"). Eval summaries store
+    this as `tool_call_error_rate`, trainer metrics and learning.json as `tool_error_rate`:
+    the same quantity under two names, so results written before stay readable.
+    """
+    return tool_errors / tool_calls if tool_calls else 0.0
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], **meta: Any) -> dict[str, Any]:
@@ -28,7 +42,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], **meta: Any) -> dict[str, Any]:
         "tool_call_counts": dict(calls.most_common()),
         "tool_call_ratio": {name: round(c / total_calls, 4) for name, c in calls.most_common()} if total_calls else {},
         "tool_errors": errors,
-        "tool_call_error_rate": round(errors / total_calls, 4) if total_calls else 0.0,
+        "tool_call_error_rate": round(tool_error_rate(errors, total_calls), 4),
         "mean_turns": mean("turns"),
         "mean_latency_s": mean("latency_s"),
     }
