@@ -21,17 +21,25 @@ def main() -> None:
 
 def _build(model: str, tools: Optional[str], corpus: Optional[Path], max_turns: int, dtype: str, seed: int,
            max_new_tokens: int, temperature: float):
-    from agentflow import build_agentflow
-    from agentflow.models import LocalChatModel
-    from agentflow.tools import default_tools, get_tools
+    from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, load_models, role_specs
 
-    llm = LocalChatModel.from_pretrained(
-        model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature
-    )
-    corpus_arg = str(corpus) if corpus else None
-    names = [n for n in tools.split(",") if n.strip()] if tools else None
-    tool_list = get_tools(names, llm=llm, corpus=corpus_arg) if names else default_tools(llm=llm, corpus=corpus_arg)
-    return build_agentflow(llm, tool_list, max_turns=max_turns)
+    tool_spec = ToolSpec.parse(tools, str(corpus) if corpus else None)  # a bad name fails before the model loads
+    spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
+    models = load_models(role_specs(spec))
+    return agentflow_graph(models, tool_spec.build(models[DEFAULT_ROLE]), max_turns=max_turns)
+
+
+def _parse_turns(text: Optional[str]) -> Optional[list[int]]:
+    """'1,3,5,10' -> [1, 3, 5, 10]; ValueError on anything else."""
+    if not text:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--sweep-max-turns takes comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"--sweep-max-turns takes integers >= 1, got {text!r}")
+    return values
 
 
 def _show(node: str, update: dict[str, Any]) -> None:
@@ -69,9 +77,11 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the final state as one JSON object.")] = False,
 ) -> None:
     """Solve QUESTION with the AgentFlow graph, streaming each step."""
+    from agentflow.tools import ToolUnavailable
+
     try:
         graph = _build(model, tools, corpus, max_turns, dtype, seed, max_new_tokens, temperature)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ToolUnavailable) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     final: dict[str, Any] = {}
@@ -109,28 +119,29 @@ def eval_(
 ) -> None:
     """Evaluate AgentFlow (or the ReAct baseline) on benchmarks; writes JSONL rows, summaries, a table, plots."""
     from agentflow.evals import load_benchmark
-    from agentflow.evals.harness import load_models, parse_turns, resolve_scorer, run_eval
+    from agentflow.evals.runner import resolve_scorer, run_eval
+    from agentflow.evals.systems import check_system, eval_tools
+    from agentflow.factory import ModelSpec, load_models, role_specs
     from agentflow.tools import ToolUnavailable
 
     benchmarks = [b.strip() for b in benchmark.split(",") if b.strip()]
     systems = [s.strip() for s in system.split(",") if s.strip()]
     try:
-        sweep = parse_turns(sweep_max_turns)
+        sweep = _parse_turns(sweep_max_turns)
         for name in systems:
-            if name not in ("agentflow", "react"):
-                raise ValueError(f"unknown system {name!r}; choose from agentflow, react")
-        for name in benchmarks:  # bad names, files and fields fail here, before any model loads
+            check_system(name)
+        for name in benchmarks:  # bad names, files, fields and tools fail here, before any model loads
             resolve_scorer(name, scorer)
+            eval_tools(name, tools)
             try:
                 load_benchmark(name, limit=limit)
             except (ConnectionError, OSError) as exc:  # gaia/gpqa come from the Hub (network, access)
                 if isinstance(exc, FileNotFoundError):
                     raise
                 raise ValueError(f"could not load {name}: {exc}") from exc
-        llms = load_models(
-            model, planner_model=planner_model, executor_model=executor_model, verifier_model=verifier_model,
-            generator_model=generator_model, dtype=dtype, max_new_tokens=max_new_tokens, seed=seed,
-        )
+        spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens)
+        llms = load_models(role_specs(spec, planner=planner_model, executor=executor_model,
+                                      verifier=verifier_model, generator=generator_model))
         for name in benchmarks:
             for sys_name in systems:
                 summary = run_eval(

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from agentflow.evals.stats import tool_error_rate  # noqa: E402
 from agentflow.trainer import FlowGRPOConfig, build_trainer, read_metrics  # noqa: E402
 from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft_data  # noqa: E402
 
@@ -69,13 +70,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {tool: n / total for tool, n in sorted(calls.items())} if total else {}
 
     turns = sum(r["turns"] for r in rows)
+    calls = sum(sum(r["tools"].values()) for r in rows)
     return {
         "accuracy": sum(r["reward"] >= 1.0 for r in rows) / max(len(rows), 1),
         "n": len(rows),
         "accuracy_by_type": {t: sum(r["reward"] >= 1.0 for r in sub) / len(sub) for t, sub in sorted(by_type.items())},
         "tool_ratio_by_type": {t: tool_ratios(sub) for t, sub in sorted(by_type.items())},
         "tool_ratio": tool_ratios(rows),
-        "tool_error_rate": sum(r["tool_errors"] for r in rows) / max(turns, 1),
+        "tool_error_rate": tool_error_rate(sum(r["tool_errors"] for r in rows), calls),
         "mean_turns": turns / max(len(rows), 1),
     }
 

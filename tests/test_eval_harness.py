@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 
 from agentflow.cli import app
 from agentflow.evals import run_eval
-from agentflow.evals.harness import PLOT_FILES, TABLE_FILE, read_rows, run_name
+from agentflow.evals.report import PLOT_FILES, TABLE_FILE
+from agentflow.evals.runner import read_rows, run_name
+from agentflow.evals.stats import tool_error_rate
 from agentflow.evals.text_tool_calling import parse_react_reply
 
 ITEMS = [
@@ -117,11 +119,11 @@ def test_failed_item_is_recorded_and_resume_retries_only_it(tmp_path):
 
 
 def test_sweep_gives_one_summary_per_budget_over_one_graph(tmp_path, monkeypatch):
-    import agentflow.graph.builder as builder
+    import agentflow.factory as factory
 
     built = []
-    real = builder.build_agentflow
-    monkeypatch.setattr(builder, "build_agentflow", lambda *a, **k: built.append(k["max_turns"]) or real(*a, **k))
+    real = factory.build_agentflow
+    monkeypatch.setattr(factory, "build_agentflow", lambda *a, **k: built.append(k["max_turns"]) or real(*a, **k))
     out = tmp_path / "out"
     result = run_eval(
         _bench(tmp_path, ITEMS[:2]), llm=agentflow_model(verdict="CONTINUE"), output=out,
@@ -150,6 +152,11 @@ def test_react_baseline_runs_on_a_scripted_model(tmp_path):
     bad = run_eval(_bench(tmp_path, ITEMS[:1]), system="react", llm=react_model(tool="nosuch"), output=tmp_path / "bad",
                    tools="calculator", progress=False, plots=False)
     assert bad["tool_calls"] == 1 and bad["tool_errors"] == 1 and bad["tool_call_error_rate"] == 1.0
+
+
+def test_tool_error_rate_is_failed_calls_per_call():
+    assert tool_error_rate(1, 4) == 0.25
+    assert tool_error_rate(0, 0) == 0.0  # no calls: no errors, not a division by zero
 
 
 def test_react_turn_budget_ends_without_recursion_error(tmp_path):
@@ -182,9 +189,18 @@ def test_parse_react_reply():
         (["--benchmark", "{good}", "--scorer", "nosuch"], "unknown scorer"),
         (["--benchmark", "{good}", "--system", "nosuch"], "unknown system"),
         (["--benchmark", "{good}", "--sweep-max-turns", "1,x"], "comma-separated integers"),
+        (["--benchmark", "{good}", "--tools", "calculator,nosuch"], "unknown tool(s) nosuch"),
+        (["--benchmark", "{good}", "--tools", "local_search"], "local_search needs a corpus"),
     ],
 )
-def test_cli_errors_exit_2(tmp_path, args, message):
+def test_cli_errors_exit_2_before_a_model_loads(tmp_path, monkeypatch, args, message):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", refuse)
     files = {"bad": tmp_path / "bad.jsonl", "noanswer": tmp_path / "noanswer.jsonl", "good": tmp_path / "good.jsonl"}
     files["bad"].write_text('{"query": "q", "answer": "a"}\n{not json\n')
     files["noanswer"].write_text('{"query": "q"}\n')

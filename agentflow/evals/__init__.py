@@ -1,5 +1,6 @@
 """Benchmarks and scoring: load evaluation sets, score answers (also the training reward),
-and the evaluation harness (`run_eval`, the ReAct baseline `build_react`).
+and the eval harness: `run_eval` (runner), the systems it compares (systems, with the
+ReAct baseline `build_react`), summaries (stats) and the table and plots (report).
 
 The harness names are imported on first use, so the reward path (`score`) does not pay
 for importing LangChain/LangGraph.
@@ -10,15 +11,14 @@ from agentflow.evals.scoring import score
 from agentflow.evals.toolmix import make_toolmix
 
 _LAZY = {
-    "run_eval": "agentflow.evals.harness",
-    "summarize": "agentflow.evals.harness",
-    "write_report": "agentflow.evals.harness",
-    "load_models": "agentflow.evals.harness",
+    "run_eval": "agentflow.evals.runner",
+    "summarize": "agentflow.evals.stats",
+    "write_report": "agentflow.evals.report",
     "build_react": "agentflow.evals.react",
 }
 
-__all__ = ["BENCHMARKS", "build_react", "load_benchmark", "load_models", "make_toolmix", "run_eval", "score",
-           "summarize", "write_report"]
+__all__ = ["BENCHMARKS", "build_react", "load_benchmark", "make_toolmix", "run_eval", "score", "summarize",
+           "write_report"]
 
 
 def __getattr__(name: str):

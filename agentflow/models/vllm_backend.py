@@ -11,9 +11,11 @@ imported lazily, only by the in-process mode):
 
 * server: `vllm serve <checkpoint> --logprobs-mode processed_logprobs` and
   `VLLMBackend(tokenizer, base_url="http://host:8000/v1", model="<name>")`. Requests go
-  to `/completions` with the prompt as token ids, `logprobs=0` (the sampled token's
-  log-prob) and `return_tokens_as_token_ids`; vLLM batches concurrent requests itself,
-  so `submit` just posts from a thread pool.
+  through the `openai` client (its timeouts, and its retries of connection errors, 408,
+  429 and 5xx replies) to `/completions` with the prompt as token ids, `logprobs=0` (the
+  sampled token's log-prob) and vLLM's own fields (`return_token_ids`, ...) in
+  `extra_body`; vLLM batches concurrent requests itself, so `submit` just posts from a
+  thread pool.
 * in-process: `VLLMBackend(tokenizer, llm=vllm.LLM(...))`.
 
 Log-prob meaning: the engine reports log softmax(logits / T) over the full vocabulary.
@@ -29,24 +31,15 @@ trainer passes as `weight_sync=callable`.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from openai import OpenAI
+
 from agentflow.models.engine import Generation, SamplingParams
-
-
-def _http_post(url: str, payload: dict, api_key: str | None, timeout: float) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
 
 
 class VLLMBackend:
@@ -60,19 +53,23 @@ class VLLMBackend:
         llm: Any = None,
         api_key: str | None = None,
         timeout: float = 600.0,
+        max_retries: int = 2,
         max_workers: int = 64,
         seed: int = 0,
-        post: Callable[[str, dict], dict] | None = None,
         weight_sync: Callable[[Iterable[tuple[str, Any]]], None] | None = None,
     ) -> None:
         if (base_url is None) == (llm is None):
             raise ValueError("give exactly one of base_url (a vLLM server) or llm (an in-process vllm.LLM)")
         self.tokenizer = tokenizer
-        self.base_url = base_url.rstrip("/") if base_url else None
         self.model_name = model
         self.llm = llm
         self.tokens = 0
-        self._post = post or (lambda url, payload: _http_post(url, payload, api_key, timeout))
+        # A server without auth takes any key; never fall back to OPENAI_API_KEY, which
+        # would send the user's OpenAI key to this server.
+        self.client = (
+            OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries)
+            if base_url is not None else None
+        )
         self._weight_sync = weight_sync
         self._seeds = random.Random(seed)
         self._lock = threading.Lock()
@@ -96,6 +93,8 @@ class VLLMBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.client is not None:
+            self.client.close()
 
     def push_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Hand updated weights to vLLM (the trainer calls this after each optimiser step)."""
@@ -109,7 +108,8 @@ class VLLMBackend:
 
     # -- request / response mapping ---------------------------------------------
     def request_payload(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> dict:
-        payload = {
+        """Keyword arguments of `completions.create`: the OpenAI fields, and vLLM's own in `extra_body`."""
+        payload: dict[str, Any] = {
             "model": self.model_name,
             "prompt": prompt_ids,
             "max_tokens": params.max_new_tokens,
@@ -117,13 +117,11 @@ class VLLMBackend:
             "top_p": params.top_p,
             "seed": seed,
             "logprobs": 0,
-            "return_tokens_as_token_ids": True,
-            "return_token_ids": True,
-            "skip_special_tokens": False,
+            "extra_body": {"return_tokens_as_token_ids": True, "return_token_ids": True, "skip_special_tokens": False},
         }
         if params.stop:
             payload["stop"] = list(params.stop)
-            payload["include_stop_str_in_output"] = True
+            payload["extra_body"]["include_stop_str_in_output"] = True
         return payload
 
     @staticmethod
@@ -139,8 +137,9 @@ class VLLMBackend:
         return Generation(list(prompt_ids), list(ids), values, "length" if reason == "length" else "stop")
 
     def _generate_server(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> Generation:
-        response = self._post(f"{self.base_url}/completions", self.request_payload(prompt_ids, params, seed))
-        out = self.parse_choice(prompt_ids, response["choices"][0])
+        response = self.client.completions.create(**self.request_payload(prompt_ids, params, seed))
+        # model_dump keeps the fields the OpenAI schema lacks (vLLM's `token_ids`)
+        out = self.parse_choice(prompt_ids, response.choices[0].model_dump())
         self.tokens += len(out.completion_ids)
         return out
 

@@ -8,7 +8,6 @@ full fine-tuning, is also the KL reference, so the reference costs no extra memo
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from accelerate import Accelerator
 
 from agentflow.evals.datasets import load_benchmark, with_answer_instruction
 from agentflow.evals.scoring import score
-from agentflow.graph import build_agentflow
-from agentflow.models import GenerationEngine, LocalChatModel, fast_dtype, load_model, resolve_model_path, tiny_model
-from agentflow.trainer.config import TINY_MODEL, ConfigError, FlowGRPOConfig
+from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, trainable_models
+from agentflow.models import fast_dtype
+from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
 from agentflow.trainer.rollout import RewardFn
 
@@ -33,16 +32,6 @@ def make_reward(scorer: str) -> RewardFn:
         return score(scorer, str(state.get("answer", "")), item)
 
     return reward
-
-
-def load_policy_model(config: FlowGRPOConfig, device: torch.device | str = "cpu"):
-    """The planner's model (fp32, trainable) and its tokenizer; "tiny" is the random test model."""
-    if config.model == TINY_MODEL:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path())
-        return tiny_model(seed=config.seed).to(device), tokenizer
-    return load_model(config.model, dtype=torch.float32, device=device)
 
 
 def load_datasets(config: FlowGRPOConfig):
@@ -58,25 +47,27 @@ def load_datasets(config: FlowGRPOConfig):
 
 
 def build_graph_and_models(config: FlowGRPOConfig, device: torch.device | str = "cpu"):
-    """(graph, policy chat model, frozen chat model or None) as the trainer expects them."""
-    from agentflow.evals.toolmix import make_toolmix
-    from agentflow.tools import default_tools, get_tools
+    """(graph, policy chat model, frozen chat model or None) as the trainer expects them.
 
-    model, tokenizer = load_policy_model(config, device)
-    engine = GenerationEngine(model, tokenizer, seed=config.seed)
-    policy = LocalChatModel(engine=engine, model_name=config.model, temperature=config.temperature,
-                            max_new_tokens=config.max_new_tokens)
-    frozen = None
+    The tools are checked first, so a bad name in 'tools' fails before the model loads.
+    """
+    from agentflow.evals.toolmix import make_toolmix
+
+    corpus = config.corpus or (make_toolmix().corpus if config.dataset == "toolmix" else None)
+    try:
+        tools = ToolSpec.parse(config.tools, corpus)
+    except ValueError as exc:
+        raise ConfigError(f"'tools': {exc}") from exc
+    planner = ModelSpec(config.model, dtype="float32", seed=config.seed, temperature=config.temperature,
+                        max_new_tokens=config.max_new_tokens)
+    modules = None
     if not config.share_modules_model:
         dtype = fast_dtype(device) if config.frozen_dtype == "auto" else getattr(torch, config.frozen_dtype)
-        frozen_model = copy.deepcopy(model).to(dtype).requires_grad_(False).eval()
-        frozen = LocalChatModel(engine=GenerationEngine(frozen_model, tokenizer, seed=config.seed + 1),
-                                model_name=config.model, temperature=0.0, max_new_tokens=config.module_max_new_tokens)
-    modules_llm = frozen or policy
-    corpus = config.corpus or (make_toolmix().corpus if config.dataset == "toolmix" else None)
-    tools = (get_tools(config.tools, llm=modules_llm, corpus=corpus) if config.tools
-             else default_tools(llm=modules_llm, corpus=corpus))
-    graph = build_agentflow(modules_llm, tools, planner_llm=policy, max_turns=config.max_turns,
+        modules = ModelSpec(config.model, dtype=str(dtype).removeprefix("torch."), seed=config.seed + 1,
+                            temperature=0.0, max_new_tokens=config.module_max_new_tokens)
+    policy, frozen = trainable_models(planner, device, modules)
+    models = {DEFAULT_ROLE: frozen or policy, "planner": policy}
+    graph = agentflow_graph(models, tools.build(models[DEFAULT_ROLE]), max_turns=config.max_turns,
                             max_seconds=config.run_timeout_s)
     return graph, policy, frozen
 

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
+from agentflow.evals.stats import tool_error_rate
 from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fast_dtype
 from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
@@ -532,7 +533,7 @@ class FlowGRPOTrainer:
             "runs": len(runs),
             "failed_runs": sum(r["failed"] for r in runs),
             "turns_per_run": turns / max(len(runs), 1),
-            "tool_error_rate": sum(r["tool_errors"] for r in runs) / max(turns, 1),
+            "tool_error_rate": tool_error_rate(sum(r["tool_errors"] for r in runs), calls),
             **{f"tool_usage/{name}": n / calls for name, n in sorted(tools.items())},
         }
         metrics["zero_variance_groups"] = sum(p[1]["zero_variance_groups"] for p in parts)
