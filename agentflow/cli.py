@@ -209,5 +209,27 @@ def plot(run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, h
         console.print(str(png))
 
 
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="An eval output folder or a training run directory.")],
+    other_run_dir: Annotated[Optional[Path], typer.Argument(exists=True, file_okay=False, help="A second run to put side by side (e.g. untrained vs trained).")] = None,
+    out: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Where to write the page (default RUN_DIR/report.html).")] = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open the page in the default web browser.")] = False,
+) -> None:
+    """Write one self-contained HTML page of a run: summary, plots or curves, every item and its turns."""
+    import webbrowser
+
+    from agentflow.evals.viewer import write_html_report
+
+    try:
+        page = write_html_report([run_dir, *([other_run_dir] if other_run_dir else [])], out)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    print(page)
+    if open_page:
+        webbrowser.open(page.resolve().as_uri())
+
+
 if __name__ == "__main__":
     app()

