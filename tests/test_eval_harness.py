@@ -95,6 +95,8 @@ def test_outputs_are_written(tmp_path):
     assert "mini" in (out / TABLE_FILE).read_text()
     for key in ("ratio", "errors"):
         assert (out / PLOT_FILES[key]).stat().st_size > 0
+    page = (out / "report.html").read_text()  # the trajectory viewer, with every item's query
+    assert all(json.dumps(r["query"])[1:20].replace("<", "\\u003c") in page for r in rows)
 
 
 def test_failed_item_is_recorded_and_resume_retries_only_it(tmp_path):

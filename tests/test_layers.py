@@ -23,9 +23,10 @@ ALLOWED: dict[str, set[str]] = {
     "tools": LEAVES,
     "nodes": LEAVES | {"tools"},
     "graph": LEAVES | {"tools", "models", "nodes"},
-    "factory": LEAVES | {"tools", "models"},
+    "factory": LEAVES | {"tools", "models", "nodes", "graph"},
     "evals": LEAVES | {"tools", "models", "graph", "factory"},
     "trainer": LEAVES | {"tools", "models", "graph", "factory", "evals"},
+    "server": LEAVES | {"tools", "models", "nodes", "graph", "factory"},
     "cli": LEAVES | {"tools", "models", "nodes", "graph", "factory", "evals", "trainer", "__init__"},
     "__init__": {"graph", "state"},
 }

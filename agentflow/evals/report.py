@@ -74,7 +74,7 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_report(output: str | os.PathLike[str]) -> dict[str, Path]:
-    """Rebuild `results.md` and the plots from every summary in `output`."""
+    """Rebuild `results.md`, the plots and `report.html` (the trajectory viewer) from `output`."""
     out = Path(output)
     summaries = load_summaries(out)
     written = {"table": out / TABLE_FILE}
@@ -87,4 +87,8 @@ def write_report(output: str | os.PathLike[str]) -> dict[str, Path]:
         if any(len({s["max_turns"] for s in summaries if (s["benchmark"], s["system"]) == pair}) > 1
                for pair in {(s["benchmark"], s["system"]) for s in summaries}):
             written["sweep"] = plot_accuracy_vs_turns(summaries, out / PLOT_FILES["sweep"])
+        # Last: the page embeds the plots written above.
+        from agentflow.evals.viewer import write_html_report
+
+        written["html"] = write_html_report([out])
     return written
