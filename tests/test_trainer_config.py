@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentflow.trainer import ConfigError, FlowGRPOConfig
 
@@ -41,6 +42,47 @@ def test_bad_config_names_the_field(tmp_path, data, field):
 
 def test_yaml_ints_are_accepted_as_floats():
     assert FlowGRPOConfig.from_dict({"learning_rate": 1, "beta": 0}).learning_rate == 1
+
+
+def test_a_bad_list_item_is_named_with_its_index_and_expected_type():
+    with pytest.raises(ConfigError, match=r"'lora_targets' item 1: Input should be a valid string, got 3"):
+        FlowGRPOConfig.from_dict({"lora_targets": ["q_proj", 3]})
+
+
+def test_every_bad_field_is_named_at_once():
+    with pytest.raises(ConfigError) as info:
+        FlowGRPOConfig.from_dict({"group_size": "8", "beta": -1, "group_sise": 4})
+    assert all(name in str(info.value) for name in ("'group_size'", "'beta'", "'group_sise'"))
+    assert "did you mean 'group_size'" in str(info.value)
+
+
+def test_direct_construction_raises_config_error_too():
+    with pytest.raises(ConfigError, match="'micro_batch_size'"):
+        FlowGRPOConfig(micro_batch_size=0)
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path):
+    config = FlowGRPOConfig(lora=True, lora_targets=["q_proj"], tools=["calculator"], max_train_minutes=1.5)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert FlowGRPOConfig.from_yaml(path) == config
+    assert FlowGRPOConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_tracker_without_its_package_fails_at_load(monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    with pytest.raises(ConfigError, match="'tensorboard'.*needs the 'tensorboard' package"):
+        FlowGRPOConfig.from_dict({"tensorboard": True})
+    with pytest.raises(ConfigError, match="'report_to'.*needs the 'wandb' package"):
+        FlowGRPOConfig.from_dict({"report_to": ["wandb"]})
+    assert FlowGRPOConfig.from_dict({"tensorboard": False}).trackers == []
+
+
+def test_an_unknown_tracker_fails_at_load():
+    with pytest.raises(ConfigError, match="'report_to'.*unknown tracker 'tensorbored'"):
+        FlowGRPOConfig.from_dict({"report_to": ["tensorbored"]})
 
 
 @pytest.mark.parametrize(
