@@ -283,7 +283,7 @@ class FlowGRPOTrainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step_done = 0
         self.run_dir = self._make_run_dir()
-        self.logger = MetricsLogger(self.run_dir, config.tensorboard) if self.is_main else None
+        self.logger = MetricsLogger(self.run_dir, config.trackers, config.to_dict()) if self.is_main else None
         if config.resume_from:
             self._resume(Path(config.resume_from))
 
