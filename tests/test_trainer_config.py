@@ -109,3 +109,9 @@ def test_a_new_run_refuses_an_existing_run_dir(tmp_path):
     (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(ConfigError, match="run_name"):
         build_trainer(tiny_config(tmp_path))
+
+
+def test_lora_config_carries_the_lora_fields():
+    lora = FlowGRPOConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "v_proj"]).lora_config()
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (4, 8, 0.1)
+    assert lora.target_modules == {"q_proj", "v_proj"} and lora.task_type == "CAUSAL_LM"

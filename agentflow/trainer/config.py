@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -25,6 +25,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 LossAggregation = Literal["token_mean", "sample_mean", "run_mean"]
 ZeroVariancePolicy = Literal["skip", "keep"]
@@ -176,6 +179,14 @@ class FlowGRPOConfig(BaseModel):
         if isinstance(path_or_config, dict):
             return cls.from_dict(path_or_config)
         return cls.from_yaml(path_or_config)
+
+    def lora_config(self) -> LoraConfig:
+        """peft's adapter config from the lora_* fields: Flow-GRPO and the SFT ablation
+        must build the same adapter for their results to compare."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=list(self.lora_targets), task_type="CAUSAL_LM")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-safe values; `from_dict(config.to_dict()) == config`."""

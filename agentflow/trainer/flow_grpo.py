@@ -260,11 +260,9 @@ class FlowGRPOTrainer:
 
         model = policy.engine.model
         if config.lora and not hasattr(model, "peft_config"):
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, config.lora_config())
             policy.engine.model = model  # the engine now decodes with the adapter live
         self.model = model.to(self.accelerator.device)
         self.model.eval()
