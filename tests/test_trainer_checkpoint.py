@@ -26,7 +26,10 @@ def _weights(trainer) -> list[torch.Tensor]:
 
 def test_resume_continues_the_same_run(tmp_path):
     straight = build_trainer(tiny_config(tmp_path, run_name="straight", max_steps=2), reward_fn=first_letter_reward)
+    initial = _weights(straight)
     straight.train()
+    assert [m["optimizer_steps"] for m in read_metrics(straight.run_dir)] == [1, 1]  # both steps update
+    assert not all(torch.equal(a, b) for a, b in zip(initial, _weights(straight)))
     first = build_trainer(tiny_config(tmp_path, run_name="split", max_steps=1), reward_fn=first_letter_reward)
     run_dir = first.train()
     resumed = build_trainer(tiny_config(tmp_path, max_steps=2, resume_from=str(run_dir)), reward_fn=first_letter_reward)
@@ -39,17 +42,28 @@ def test_resume_continues_the_same_run(tmp_path):
     assert [m["reward_mean"] for m in split] == [m["reward_mean"] for m in whole]  # same data, same samples
 
 
+def _adapter(trainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+
+
 def test_lora_checkpoint_roundtrip(tmp_path):
-    trainer = build_trainer(tiny_config(tmp_path, max_steps=1, lora=True, lora_rank=4, beta=0.01),
-                            reward_fn=first_letter_reward)
+    lora = dict(max_steps=1, lora=True, lora_rank=4, beta=0.01)
+    trainer = build_trainer(tiny_config(tmp_path, **lora), reward_fn=first_letter_reward)
+    initial = _adapter(trainer)
+    assert initial and all("lora_" in name for name in initial)  # only the adapter trains
     trainer.train()
+    trained = _adapter(trainer)
+    # training moved the adapter, so a checkpoint of the initial weights would not pass below
+    assert [name for name in initial if not torch.equal(initial[name], trained[name])]
     ckpt = latest_checkpoint(trainer.run_dir)
     assert (ckpt / "planner" / "adapter_config.json").is_file()
-    fresh = build_trainer(tiny_config(tmp_path, run_name="fresh", max_steps=1, lora=True, lora_rank=4, beta=0.01),
-                          reward_fn=first_letter_reward)
+    fresh = build_trainer(tiny_config(tmp_path, run_name="fresh", **lora), reward_fn=first_letter_reward)
+    assert all(torch.equal(initial[name], p) for name, p in _adapter(fresh).items())  # same seed, same start
     load_checkpoint(ckpt, model=fresh.model, optimizer=fresh.optimizer)
-    for a, b in zip(_weights(trainer), _weights(fresh)):
-        torch.testing.assert_close(a, b)
+    for name, p in _adapter(fresh).items():
+        torch.testing.assert_close(p, trained[name], rtol=0, atol=0)
+    for a, b in zip(_weights(trainer), _weights(fresh)):  # the frozen base model too
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 _KILLED_WRITER = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentflow.trainer import ConfigError, FlowGRPOConfig
 
@@ -43,6 +44,47 @@ def test_yaml_ints_are_accepted_as_floats():
     assert FlowGRPOConfig.from_dict({"learning_rate": 1, "beta": 0}).learning_rate == 1
 
 
+def test_a_bad_list_item_is_named_with_its_index_and_expected_type():
+    with pytest.raises(ConfigError, match=r"'lora_targets' item 1: Input should be a valid string, got 3"):
+        FlowGRPOConfig.from_dict({"lora_targets": ["q_proj", 3]})
+
+
+def test_every_bad_field_is_named_at_once():
+    with pytest.raises(ConfigError) as info:
+        FlowGRPOConfig.from_dict({"group_size": "8", "beta": -1, "group_sise": 4})
+    assert all(name in str(info.value) for name in ("'group_size'", "'beta'", "'group_sise'"))
+    assert "did you mean 'group_size'" in str(info.value)
+
+
+def test_direct_construction_raises_config_error_too():
+    with pytest.raises(ConfigError, match="'micro_batch_size'"):
+        FlowGRPOConfig(micro_batch_size=0)
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path):
+    config = FlowGRPOConfig(lora=True, lora_targets=["q_proj"], tools=["calculator"], max_train_minutes=1.5)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert FlowGRPOConfig.from_yaml(path) == config
+    assert FlowGRPOConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_tracker_without_its_package_fails_at_load(monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    with pytest.raises(ConfigError, match="'tensorboard'.*needs the 'tensorboard' package"):
+        FlowGRPOConfig.from_dict({"tensorboard": True})
+    with pytest.raises(ConfigError, match="'report_to'.*needs the 'wandb' package"):
+        FlowGRPOConfig.from_dict({"report_to": ["wandb"]})
+    assert FlowGRPOConfig.from_dict({"tensorboard": False}).trackers == []
+
+
+def test_an_unknown_tracker_fails_at_load():
+    with pytest.raises(ConfigError, match="'report_to'.*unknown tracker 'tensorbored'"):
+        FlowGRPOConfig.from_dict({"report_to": ["tensorbored"]})
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
@@ -67,3 +109,9 @@ def test_a_new_run_refuses_an_existing_run_dir(tmp_path):
     (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(ConfigError, match="run_name"):
         build_trainer(tiny_config(tmp_path))
+
+
+def test_lora_config_carries_the_lora_fields():
+    lora = FlowGRPOConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "v_proj"]).lora_config()
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (4, 8, 0.1)
+    assert lora.target_modules == {"q_proj", "v_proj"} and lora.task_type == "CAUSAL_LM"

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from agentflow.trainer.config import FlowGRPOConfig
-from agentflow.trainer.flow_grpo import aggregation_weights, build_samples, clipped_surrogate, group_advantages, k3_kl
+from agentflow.trainer.flow_grpo import (
+    Sample,
+    _pad,
+    aggregation_weights,
+    build_samples,
+    clipped_surrogate,
+    group_advantages,
+    k3_kl,
+)
 from agentflow.trainer.rollout import RunResult, Turn
 
 
@@ -76,3 +84,15 @@ def test_loss_aggregations():
     # run_mean: a run weighs 1/2 whatever its token count
     w = aggregation_weights([2, 2, 4], ["A", "A", "B"], "run_mean")
     assert (w[0] * 2 + w[1] * 2, w[2] * 4) == pytest.approx((0.5, 0.5))
+
+
+def test_pad_aligns_every_completion_at_one_column():
+    # [left pad | prompt | completion | right pad]: prompt widths 2 and 1, completion widths 1 and 2
+    samples = [Sample([5, 6], [7], [-0.5], 0.7, 1.0, (0, 0)), Sample([8], [9, 10], [-1.0, -2.0], 0.7, -1.0, (0, 1))]
+    batch = _pad(samples, torch.device("cpu"))
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [0, 8, 9, 10]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 2], [0, 0, 1, 2]]
+    assert batch["completion_ids"].tolist() == [[7, 0], [9, 10]]
+    assert batch["old_logprobs"].tolist() == [[-0.5, 0.0], [-1.0, -2.0]]
+    assert batch["token_mask"].tolist() == [[1.0, 0.0], [1.0, 1.0]]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 from trainer_helpers import tiny_config
 
 import agentflow.trainer.sft as sft
 from agentflow.evals import load_benchmark
+from agentflow.models import tiny_model
+from agentflow.trainer.checkpoint import load_planner
 from agentflow.trainer import sft_from_config
 
 
@@ -21,9 +25,12 @@ def test_sft_trains_on_successful_planner_turns(tmp_path, monkeypatch):
     stats = json.loads((run_dir / "sft_stats.json").read_text())
     assert stats["runs"] == 6 and stats["successful_runs"] == 4 and stats["turns"] >= 1
     rows = [json.loads(line) for line in (run_dir / "sft_data.jsonl").read_text().splitlines()]
+    assert len(rows) == stats["turns"]
     assert all(r["pid"] != excluded and r["completion_ids"] for r in rows)
-    assert (run_dir / "planner" / "model.safetensors").is_file()
-    assert stats["train_loss"] > 0
+    assert math.isfinite(stats["train_loss"])
+    tuned, initial = tiny_model(seed=0), tiny_model(seed=0)  # the weights training started from
+    load_planner(tuned, run_dir / "planner")
+    assert not all(torch.equal(a, b) for a, b in zip(tuned.parameters(), initial.parameters()))  # SFT moved them
 
 
 def test_sft_without_successes_fails_clearly(tmp_path, monkeypatch):

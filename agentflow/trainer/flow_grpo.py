@@ -1,6 +1,6 @@
 """Flow-GRPO: train the planner of a live AgentFlow graph from outcome rewards.
 
-One training step (`FlowGRPOTrainer.step`), in the order of the paper (DESIGN.md §2):
+One training step (`FlowGRPOTrainer.step`), in the order of the paper (docs/design.md §3):
 
 1. Rollout. For each of Q queries run the compiled graph G times with the current
    planner weights (on-policy), all runs concurrently in one `graph.batch`. The planner
@@ -43,7 +43,7 @@ import copy
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
+from trl.trainer.utils import pad
 
 from agentflow.evals.stats import tool_error_rate
 from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fast_dtype
@@ -163,28 +164,25 @@ def build_samples(groups: Sequence[Sequence[RunResult]], config: FlowGRPOConfig)
 
 
 def _pad(samples: Sequence[Sample], device: torch.device) -> dict[str, torch.Tensor]:
-    """Layout [left pad | prompt | completion | right pad]: every completion starts at the
-    same column P, so the logits of all completion tokens are the last C+1 positions."""
-    width_p = max(len(s.prompt_ids) for s in samples)
-    width_c = max(len(s.completion_ids) for s in samples)
-    n = len(samples)
-    ids = torch.zeros((n, width_p + width_c), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    completion = torch.zeros((n, width_c), dtype=torch.long)
-    old = torch.zeros((n, width_c))
-    tmask = torch.zeros((n, width_c))
-    for row, s in enumerate(samples):
-        p, c = len(s.prompt_ids), len(s.completion_ids)
-        ids[row, width_p - p : width_p] = torch.tensor(s.prompt_ids)
-        ids[row, width_p : width_p + c] = torch.tensor(s.completion_ids)
-        mask[row, width_p - p : width_p + c] = 1
-        completion[row, :c] = torch.tensor(s.completion_ids)
-        old[row, :c] = torch.tensor(s.old_logprobs)
-        tmask[row, :c] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as the engine numbers left-padded rows
+    """Layout [left pad | prompt | completion | right pad], as TRL's GRPOTrainer lays it out:
+    every completion starts at the same column P, so the logits of all completion tokens
+    are the last C+1 positions."""
+
+    def rows(values: Iterable[list], side: str, dtype: torch.dtype) -> torch.Tensor:
+        return pad([torch.tensor(v, dtype=dtype) for v in values], padding_value=0, padding_side=side)
+
+    prompts = rows((s.prompt_ids for s in samples), "left", torch.long)
+    prompt_mask = rows(([1] * len(s.prompt_ids) for s in samples), "left", torch.long)
+    completion = rows((s.completion_ids for s in samples), "right", torch.long)
+    completion_mask = rows(([1] * len(s.completion_ids) for s in samples), "right", torch.long)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
     batch = {
-        "input_ids": ids, "attention_mask": mask, "position_ids": positions, "completion_ids": completion,
-        "old_logprobs": old, "token_mask": tmask,
+        "input_ids": torch.cat([prompts, completion], dim=1),
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),  # as the engine numbers left-padded rows
+        "completion_ids": completion,
+        "old_logprobs": rows((s.old_logprobs for s in samples), "right", torch.float32),
+        "token_mask": completion_mask.float(),
         "temperature": torch.tensor([s.temperature for s in samples]),
         "advantage": torch.tensor([s.advantage for s in samples]),
         "weight": torch.tensor([s.weight for s in samples]),
@@ -263,11 +261,9 @@ class FlowGRPOTrainer:
 
         model = policy.engine.model
         if config.lora and not hasattr(model, "peft_config"):
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, config.lora_config())
             policy.engine.model = model  # the engine now decodes with the adapter live
         self.model = model.to(self.accelerator.device)
         self.model.eval()
@@ -284,7 +280,7 @@ class FlowGRPOTrainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step_done = 0
         self.run_dir = self._make_run_dir()
-        self.logger = MetricsLogger(self.run_dir, config.tensorboard) if self.is_main else None
+        self.logger = MetricsLogger(self.run_dir, config.trackers, config.to_dict()) if self.is_main else None
         if config.resume_from:
             self._resume(Path(config.resume_from))
 

@@ -1,29 +1,42 @@
-"""Per-step metrics: a JSONL file in the run directory (the source of truth), an optional
-TensorBoard mirror, and `plot_run` to render training curves as PNG files."""
+"""Per-step metrics: a JSONL file in the run directory (the source of truth: plots and
+benchmarks read it), mirrored to accelerate's experiment trackers (TensorBoard, W&B,
+MLflow, trackio, ...) when the config asks for them, and `plot_run` to render training
+curves as PNG files."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker
+
 METRICS_FILE = "metrics.jsonl"
+TRACKERS_DIR = "trackers"  # under the run directory: where file-based trackers (TensorBoard) write
 
 
 class MetricsLogger:
-    """Appends one JSON object per step to `<run_dir>/metrics.jsonl`.
+    """Appends one JSON object per step to `<run_dir>/metrics.jsonl` and sends its numbers
+    to the named accelerate trackers.
 
     Append mode plus `truncate_after(step)` on resume is what makes a resumed run
     continue the same file: lines logged after the checkpoint being resumed from (a
     run killed between a log and its next save) are dropped, so no step appears twice.
+
+    The trackers are built here, as `Accelerator.init_trackers` builds them, rather than
+    through the trainer's `Accelerator(log_with=...)`: that Accelerator exists before the
+    run directory they write into does (the run name is broadcast through it), and
+    `Accelerator.end_training` would also tear down the process group.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
+    def __init__(self, run_dir: Path, trackers: Sequence[str] = (), config: dict[str, Any] | None = None) -> None:
+        run_dir = Path(run_dir)
+        self.path = run_dir / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tb = _tensorboard_writer(Path(run_dir) / "tensorboard") if tensorboard else None
+        self.trackers = [_start_tracker(name, run_dir, config or {}) for name in trackers]
 
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -37,24 +50,30 @@ class MetricsLogger:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(_finite(record)) + "\n")
             f.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    self._tb.add_scalar(key, value, record["step"])
-            self._tb.flush()
+        if self.trackers:
+            numbers = {k: v for k, v in record.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            for tracker in self.trackers:
+                tracker.log(numbers, step=record["step"])
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
-def _tensorboard_writer(path: Path):
-    try:
-        import tensorboard  # noqa: F401 - SummaryWriter imports but fails later without it
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(path))
+def _start_tracker(name: str, run_dir: Path, config: dict[str, Any]) -> GeneralTracker:
+    """accelerate's tracker `name` for this run, started, with the run's config as its
+    hyper-parameters (lists joined: TensorBoard's hparams take scalars only)."""
+    tracker_class = LOGGER_TYPE_TO_CLASS[name]
+    if tracker_class.requires_logging_directory:
+        tracker = tracker_class(run_dir.name, run_dir / TRACKERS_DIR)
+    else:
+        tracker = tracker_class(run_dir.name)
+    tracker.start()
+    tracker.store_init_configuration(
+        {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in config.items()}
+    )
+    return tracker
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,6 @@ def sft_train(model: Any, tokenizer: Any, turns: list[dict], config: FlowGRPOCon
     Full fine-tuning updates `model` in place; with `config.lora` a model that has no
     adapter yet gets one (TRL wraps it) and the returned model is the peft model.
     """
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
     from datasets import Dataset
 
@@ -85,8 +84,7 @@ def sft_train(model: Any, tokenizer: Any, turns: list[dict], config: FlowGRPOCon
         bf16=config.bf16_autocast and bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu"),
     )
     wants_adapter = config.lora and not hasattr(model, "peft_config")
-    peft_config = (LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM") if wants_adapter else None)
+    peft_config = config.lora_config() if wants_adapter else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     result = trainer.train()
