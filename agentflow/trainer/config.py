@@ -33,8 +33,6 @@ LossAggregation = Literal["token_mean", "sample_mean", "run_mean"]
 ZeroVariancePolicy = Literal["skip", "keep"]
 UnitFloat = Annotated[float, Field(ge=0, lt=1)]  # in [0, 1)
 
-TINY_MODEL = "tiny"  # `agentflow.models.tiny_model()` with the default model's tokenizer (tests)
-
 
 class ConfigError(ValueError):
     """A config field is unknown or has a bad value; the message names the field."""
