@@ -92,12 +92,11 @@ class Scheduler(Generic[S]):
         """Take queued requests, in order, while the batch-size cap and the token budget allow.
 
         `current` is the allocated geometry (0 slots before the first allocation) and
-        `live` the columns the running rows span up to `col`. The caller places the
-        admitted requests and appends them to `running` in slot order.
+        `live` the columns the running rows span up to `col` (0 without running rows).
+        The caller places the admitted requests and appends them to `running` in slot order.
         """
         rows = len(self.running)
-        live = live if rows else 0
-        left = live
+        left = live  # columns needed up to col: the live window, or a longer prompt
         right = max((seq.remaining for seq in self.running), default=0)
         chosen: list[S] = []
         while self.waiting and rows + len(chosen) < self.max_batch_size:
@@ -118,7 +117,7 @@ class Scheduler(Generic[S]):
             and current.col + 1 >= left  # new prompts end at column col (inclusive)
             and current.width - current.col >= right
         )
-        return Admission(chosen, None if fits else self._layout(needed, left, right, live))
+        return Admission(chosen, None if fits else self._layout(needed, left, right))
 
     def _waits_for_prefix(self, seq: S, chosen: list[S]) -> bool:
         """Its best prefix is a prompt admitted in this same pass, whose keys and values
@@ -130,7 +129,7 @@ class Scheduler(Generic[S]):
         # at least one token of a prompt is computed, so a prefix covers at most len - 1
         return min(same, len(seq.prompt_ids) - 1) >= self.prefix_min and same > self.stored_prefix(seq)
 
-    def _layout(self, rows: int, left: int, right: int, live: int) -> Layout:
+    def _layout(self, rows: int, left: int, right: int) -> Layout:
         """Geometry for `rows` rows needing `left` columns up to `col` and `right` after it.
 
         Geometric margins (half the width again, rows rounded up to a power of two that
@@ -138,12 +137,11 @@ class Scheduler(Generic[S]):
         allocation, so they are not sized to the whole token budget up front: 32 slots
         of the 135M model's 30 layers at 1,000 columns are 1.5 GB to clear (~0.2 s).
         """
-        col = max(left, live)
-        width = col + right
+        width = left + right
         width += min(max(64, width // 2), max(0, self.max_tokens_in_flight // max(rows, 1) - width))
         want = 1 << (rows + len(self.waiting) - 1).bit_length()
         slots = min(self.max_batch_size, max(rows, min(want, self.max_tokens_in_flight // width)))
-        return Layout(slots, width, col)
+        return Layout(slots, width, col=left)
 
     def retire(self) -> tuple[list[S], list[tuple[int, int]]]:
         """Drop finished rows from `running`; returns them and the (hole, mover) slot moves
