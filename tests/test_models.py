@@ -198,8 +198,9 @@ def test_slot_cache_window_follows_its_rows():
     cache = SlotCache(num_layers=2, pad_id=0)
     shape = KVShape(heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
     cache.relayout(Layout(slots=4, width=16, col=10), shape)
-    rows = [cache.add_row(length) for length in (5, 9, 3)]  # prompts end at column 10
-    assert rows == [0, 1, 2] and cache.starts == [6, 2, 8]
+    for length in (5, 9, 3):
+        cache.add_row(length)  # prompts end at column 10
+    assert cache.rows == 3 and cache.starts == [6, 2, 8]
     assert (cache.off, cache.live) == (2, 8)
     assert cache.mask[:3].sum(-1).tolist() == [5, 9, 3]
     for layer in cache.layers:  # each row's keys/values hold its row number, say

@@ -85,7 +85,6 @@ class GenerationEngine:
         # model; transformers' own forward otherwise, or when asked (fast_forward=False).
         self._runner = ModelRunner(model, fast_forward)
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
         self.max_context = max_context
         self.max_tokens_in_flight = max_tokens_in_flight
         # 0 disables the prefix cache; a hit shorter than prefix_cache_min is not worth a copy.
@@ -250,23 +249,24 @@ class GenerationEngine:
                 misses.append((req, 0, None))
             else:
                 (joining if n == len(req.ids) - 1 else suffixes).append((req, n, kv))
-        rows = []
-        for req, n, kv in joining + misses + suffixes:  # their slots, in this order, after the running rows
-            rows.append(cache.add_row(len(req.ids), kv, n))
+        plans = joining + misses + suffixes  # their slots, in this order, after the running rows
+        for req, n, kv in plans:
+            cache.add_row(len(req.ids), kv, n)
             self.stats["prefill_tokens"] += len(req.ids) - n
             self.stats["prefix_tokens_reused"] += n
-        for row, (req, _, _) in zip(rows, joining):
+        running = len(self._scheduler.running)
+        for row, (req, _, _) in enumerate(joining, start=running):
             cache.next[row] = req.prompt_ids[-1]
             cache.pos[row] = len(req.ids) - 1
         segments = []
-        decoding = len(self._scheduler.running) + len(joining)
+        decoding = running + len(joining)
         if decoding:
             segments.append(cache.decode_segment(decoding))
         if misses:
             segments.append(cache.prefill_segment(decoding, [req.ids for req, _, _ in misses]))
-        for row, (req, n, _) in zip(rows[len(joining) + len(misses) :], suffixes):
+        for row, (req, n, _) in enumerate(suffixes, start=decoding + len(misses)):
             segments.append(cache.suffix_segment(row, req.ids, n))
-        self._scheduler.running.extend(req for req, _, _ in joining + misses + suffixes)
+        self._scheduler.running.extend(req for req, _, _ in plans)
         return segments
 
     def _step(self) -> None:

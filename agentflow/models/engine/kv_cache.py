@@ -119,7 +119,7 @@ class SlotCache:
 
     def relayout(self, layout: Layout, shape: KVShape) -> None:
         """Allocate buffers of the new geometry and copy the live window so that it ends at
-        `layout.col` (which the scheduler puts at least `live` columns in)."""
+        `layout.col`, which must be at least `live` (the scheduler's layouts are)."""
         old = [(layer.keys, layer.values) for layer in self.layers]
         for layer in self.layers:
             # zeros, not empty: masked columns are multiplied by -inf-biased scores, and
@@ -144,10 +144,10 @@ class SlotCache:
         self.mask, self.pos, self.next = mask, pos, nxt
         self.slots, self.width, self.col = layout.slots, layout.width, layout.col
 
-    def add_row(self, length: int, reused: torch.Tensor | None = None, n: int = 0) -> int:
-        """Put a prompt of `length` tokens in the next free slot, ending at column `col`;
-        copy the first `n` keys/values of a stored prompt (`reused`,
-        `[layers, 2, kv_heads, >= n, head_dim]`) into it. Returns the row."""
+    def add_row(self, length: int, reused: torch.Tensor | None = None, n: int = 0) -> None:
+        """Put a prompt of `length` tokens in the next free slot (row `rows`), ending at
+        column `col`; copy the first `n` keys/values of a stored prompt (`reused`,
+        `[layers, 2, kv_heads, >= n, head_dim]`) into it."""
         row, start = self.rows, self.col + 1 - length
         if n:
             for layer, (k, v) in zip(self.layers, reused):
@@ -156,7 +156,6 @@ class SlotCache:
         self.mask[row] = 0
         self.mask[row, start : self.col + 1] = 1
         self.starts.append(start)
-        return row
 
     def decode_segment(self, rows: int) -> Segment:
         """Rows 0..rows-1 each compute their next token (`next`) at the write column."""
