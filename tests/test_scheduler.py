@@ -1,13 +1,17 @@
-"""The engine's scheduling policy alone: no model, no torch, just requests as token lists."""
+"""The engine's scheduling policy alone: no model, no forward pass, requests as token lists."""
 
 from __future__ import annotations
 
+import ast
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentflow.models.engine import scheduler as scheduler_module
+from agentflow.models.engine import types as types_module
 from agentflow.models.engine.scheduler import Layout, Scheduler, Sequence
 from agentflow.models.engine.types import SamplingParams
 
@@ -29,6 +33,16 @@ def scheduler(max_batch_size=32, budget=32768, *, waiting=(), running=(), **kw) 
     s.waiting.extend(waiting)
     s.running.extend(running)
     return s
+
+
+def test_the_policy_is_pure_python():
+    """Nothing in the scheduler (or the types it uses) reaches for torch or a model."""
+    for module in (scheduler_module, types_module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not [name for name in imported if name.split(".")[0] in {"torch", "transformers", "numpy"}]
+        assert all(not name.startswith("agentflow") or name == "agentflow.models.engine.types" for name in imported)
 
 
 # -- admission --------------------------------------------------------------------
