@@ -1,4 +1,4 @@
-"""The engine's lean forward (agentflow/models/fast_forward.py) against transformers' own.
+"""The engine's lean forward (agentflow/models/engine/fast_forward.py) against transformers' own.
 
 Tiny random models: what is checked is that both forwards compute the same function
 (ids equal, log-probs within 1e-4: oneDNN sums in another order than MKL), for a plain
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from agentflow.models import GenerationEngine, SamplingParams, tiny_model
-from agentflow.models.fast_forward import FastForward
+from agentflow.models.engine.fast_forward import FastForward
 
 
 def _prompts(tokenizer):
@@ -39,7 +39,7 @@ def test_lean_forward_matches_transformers_batched_with_prefix_hits(tokenizer):
     model = tiny_model(vocab_size=len(tokenizer))
     fast = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
     slow = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8, fast_forward=False)
-    assert fast._fast is not None and slow._fast is None
+    assert fast._runner.fast is not None and slow._runner.fast is None
     prompts = _prompts(tokenizer)
     a = _check_against_model(fast, model, prompts)
     b = [slow.generate(p, SamplingParams(max_new_tokens=8)) for p in prompts]
@@ -57,7 +57,7 @@ def test_lora_policy_is_merged_and_follows_updates(tokenizer):
                 p.normal_(0, 0.5)
     model.eval()
     engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
-    assert engine._fast is not None
+    assert engine._runner.fast is not None
     prompts = _prompts(tokenizer)[:3]
     first = _check_against_model(engine, model, prompts)
     with torch.no_grad():  # an optimizer step on the adapter only
@@ -95,7 +95,7 @@ def test_uncovered_model_falls_back_to_transformers(tokenizer):
     with pytest.raises(ValueError, match="does not cover"):
         FastForward(model)
     engine = GenerationEngine(model, tokenizer, seed=0)
-    assert engine._fast is None
+    assert engine._runner.fast is None
     _check_against_model(engine, model, _prompts(tokenizer)[:2])
 
 
@@ -105,4 +105,4 @@ def test_unpacked_path_for_other_dtypes(tokenizer):
     model = tiny_model(vocab_size=len(tokenizer)).to(torch.float64)
     engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
     _check_against_model(engine, model, _prompts(tokenizer)[:3])
-    assert engine._fast is not None and not any(p.packed for p in engine._fast.projections)
+    assert engine._runner.fast is not None and not any(p.packed for p in engine._runner.fast.projections)

@@ -9,6 +9,8 @@ import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from agentflow.models import GenerationEngine, LocalChatModel, RequestTooLarge, SamplingParams, tiny_model
+from agentflow.models.engine.kv_cache import KVShape, SlotCache
+from agentflow.models.engine.scheduler import Layout
 
 
 @pytest.fixture(params=[True, False], ids=["fast_forward", "transformers_forward"])
@@ -188,3 +190,34 @@ def test_prefix_store_stays_within_its_token_budget(tokenizer):
         engine.generate(tokenizer.encode(f"prompt number {i} " * 8), SamplingParams(max_new_tokens=2))
         assert engine._prefixes.tokens <= 100
     assert engine._prefixes.tokens > 0
+
+
+def test_slot_cache_window_follows_its_rows():
+    """Attention reads from the earliest start of any live row, through placement,
+    retirement and re-layout; rows keep their keys/values and masks when they move."""
+    cache = SlotCache(num_layers=2, pad_id=0)
+    shape = KVShape(heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
+    cache.relayout(Layout(slots=4, width=16, col=10), shape)
+    for length in (5, 9, 3):
+        cache.add_row(length)  # prompts end at column 10
+    assert cache.rows == 3 and cache.starts == [6, 2, 8]
+    assert (cache.off, cache.live) == (2, 8)
+    assert cache.mask[:3].sum(-1).tolist() == [5, 9, 3]
+    for layer in cache.layers:  # each row's keys/values hold its row number, say
+        layer.keys[:3] = layer.values[:3] = torch.arange(3.0)[:, None, None, None]
+    cache.advance(0, [5, 9, 3])
+    assert cache.col == 11 and cache.pos[:3].tolist() == [5, 9, 3]
+
+    cache.move_rows([(1, 2)], keep=2)  # row 1 finished: row 2 takes its slot
+    assert cache.starts == [6, 8] and cache.off == 6
+    assert bool((cache.layers[0].keys[1, :, 2:11] == 2).all())
+    assert cache.mask[1].tolist() == cache.mask[2].tolist() and cache.pos[1] == 3
+
+    cache.relayout(Layout(slots=2, width=40, col=30), shape)  # the live window now ends at 30
+    assert cache.starts == [25, 27] and (cache.off, cache.live) == (25, 5)
+    assert cache.layers[0].keys.shape == (2, 1, 40, 2)
+    assert bool((cache.layers[0].keys[1, :, 25:30] == 2).all()) and bool((cache.layers[0].keys[:, :, :25] == 0).all())
+    assert cache.mask[:2, 25:30].sum(-1).tolist() == [5, 3] and cache.pos[:2].tolist() == [5, 3]
+
+    cache.move_rows([], keep=0)
+    assert cache.rows == 0 and cache.live == 0

@@ -36,6 +36,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicLayer
+
+from agentflow.models.engine.kv_cache import Segment
 
 # Same block structure as Llama (pre-norm, q/k/v/o + gated MLP, rotary): qwen2 adds q/k/v
 # biases, which the fused projection carries.
@@ -183,8 +186,8 @@ class FastForward:
             projection.refresh()
 
     @torch.inference_mode()
-    def __call__(self, layers, segments) -> torch.Tensor:
-        """Last-position logits of every row of every segment (see engine._Segment), in order.
+    def __call__(self, layers: list[DynamicLayer], segments: list[Segment]) -> torch.Tensor:
+        """Last-position logits of every row of every segment (see `kv_cache.Segment`), in order.
 
         All segments' tokens go through each projection together, so a decode step and
         the prefills admitted with it read the weights once; attention runs per segment."""

@@ -1,0 +1,307 @@
+"""`GenerationEngine`: decodes concurrent requests together (continuous batching) on one worker thread.
+
+Many graph runs are in flight at once (a Flow-GRPO group, an eval's concurrency), and
+each node call is one chat-model request. Decoding a 135M model on CPU is bound by
+per-step overhead, not arithmetic (docs/design.md §4): one forward pass for 8 or 32
+active sequences costs little more than a forward pass for one. The engine therefore
+owns the model, queues requests from any thread, and a single worker runs one forward
+pass per decode step for every active sequence. New requests join *between decode steps*
+(they are prefilled and written into free slots of the running batch), finished ones
+leave at once: continuous batching, so a graph run's next node call never waits for a wave.
+
+Why our own loop, not what transformers offers:
+
+* `model.generate` has one RNG and one stop rule per batch, and a batch is fixed for its
+  lifetime; we need, per request, the exact sampled ids with their log-probs under the
+  tempered distribution, a per-request RNG (a sample must not depend on what it was
+  batched with) and per-request stop/length limits, with requests joining mid-flight.
+* transformers' continuous batching (`generate_batch`, paged cache) measured slower than
+  plain `generate` here (docs/design.md §4: 35 vs 144 tok/s at 32 requests, bf16;
+  re-measured by `benchmarks/rollout_throughput.py --compare-generate-batch`), and it
+  reports no per-token log-probs of the sampled tokens nor per-request RNGs.
+* its caches do not fit either (see `kv_cache`).
+
+One step of the worker: the scheduler (`scheduler`) admits queued requests; the slot
+cache (`kv_cache`) is re-laid out if the scheduler says so, and the admitted prompts are
+placed in free slots, reusing stored prefixes (`prefix_cache`); the model runner
+(`runner`) computes the running rows' decode step and the admitted prefills in one
+forward pass (one pass reads the weights once for both: on this CPU a decode step of 5
+rows costs ~100 ms, mostly reading weights; folding it into the ~45 prefills of a G=8
+rollout saves that much per admission); the sampler (`sampler`) draws one token per row;
+finished rows retire.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import queue
+import random
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from agentflow.models.engine import sampler
+from agentflow.models.engine.kv_cache import Segment, SlotCache
+from agentflow.models.engine.prefix_cache import PrefixStore, common_prefix
+from agentflow.models.engine.runner import ModelRunner
+from agentflow.models.engine.scheduler import Scheduler, Sequence
+from agentflow.models.engine.types import Generation, RequestTooLarge, SamplingParams
+
+
+@dataclass(eq=False, kw_only=True)
+class _Request(Sequence):
+    """A queued or running request: its sequence state, its caller's future, its RNG."""
+
+    future: Future
+    generator: torch.Generator
+
+    def __post_init__(self) -> None:
+        # the prompt as a tensor once: prefill, prefix lookups and the prefix store share it
+        self.ids = torch.tensor(self.prompt_ids, dtype=torch.long)
+
+
+class GenerationEngine:
+    """Owns a causal LM and decodes queued requests with continuous batching on one worker thread."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        max_batch_size: int = 32,
+        max_context: int = 4096,
+        seed: int = 0,
+        max_tokens_in_flight: int = 32768,
+        prefix_cache_tokens: int = 16384,
+        prefix_cache_min: int = 16,
+        fast_forward: bool = True,
+    ) -> None:
+        # The lean forward over the slot buffers (fast_forward.py) where it covers the
+        # model; transformers' own forward otherwise, or when asked (fast_forward=False).
+        self._runner = ModelRunner(model, fast_forward)
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.max_tokens_in_flight = max_tokens_in_flight
+        # 0 disables the prefix cache; a hit shorter than prefix_cache_min is not worth a copy.
+        self._prefixes = PrefixStore(prefix_cache_tokens)
+        self.prefix_cache_min = max(1, prefix_cache_min)
+        eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+        self._seeds = random.Random(seed)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._scheduler: Scheduler[_Request] = Scheduler(
+            max_batch_size,
+            max_tokens_in_flight,
+            prefix_min=self.prefix_cache_min,
+            stored_prefix=(lambda req: self._prefixes.lookup(req.ids)[0]) if self._prefixes.enabled else None,
+            shared_prefix=lambda a, b: common_prefix(a.ids, b.ids),
+        )
+        # Stop the worker before the interpreter tears torch down under it.
+        ref = weakref.ref(self)
+        atexit.register(lambda: (engine := ref()) is not None and engine.close())
+        self.steps = 0  # decode forward passes, for benchmarks
+        self.tokens = 0  # completion tokens produced
+        self.stats = collections.Counter()  # rows per step, prefill/decode/sample/relayout seconds
+        self._reset_state()
+
+    # -- public API -------------------------------------------------------------
+    @property
+    def model(self) -> PreTrainedModel:
+        """The module decoded with. A trainer may swap in its peft wrapper of the same
+        model; the lean forward follows (it reaches every layer through its parent module)."""
+        return self._runner.model
+
+    @model.setter
+    def model(self, model: PreTrainedModel) -> None:
+        self._runner.model = model
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Future:
+        """Queue a request; the returned future resolves to a `Generation`."""
+        need = len(prompt_ids) + params.max_new_tokens
+        if need > self.max_context:
+            raise RequestTooLarge(
+                f"prompt of {len(prompt_ids)} tokens + max_new_tokens={params.max_new_tokens} "
+                f"exceeds the engine's max_context={self.max_context}"
+            )
+        if need > self.max_tokens_in_flight:
+            raise RequestTooLarge(
+                f"prompt of {len(prompt_ids)} tokens + max_new_tokens={params.max_new_tokens} "
+                f"exceeds the engine's max_tokens_in_flight={self.max_tokens_in_flight}"
+            )
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        with self._lock:
+            seed = params.seed if params.seed is not None else self._seeds.randrange(2**62)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="agentflow-engine", daemon=True)
+                self._worker.start()
+        future: Future = Future()
+        self._queue.put(_Request(list(prompt_ids), params, future=future, generator=torch.Generator().manual_seed(seed)))
+        return future
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        return self.submit(prompt_ids, params).result()
+
+    def close(self) -> None:
+        """Let the worker finish what it holds and exit (a later submit restarts it)."""
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._queue.put(None)
+            worker.join()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the stream that draws per-request seeds (for reproducible runs)."""
+        with self._lock:
+            self._seeds = random.Random(seed)
+
+    # -- worker -----------------------------------------------------------------
+    def _reset_state(self) -> None:
+        """Forget the running batch and its buffers (at start, and after an error); the queue stays."""
+        self._scheduler.running.clear()
+        self._admitting: list[_Request] = []  # failed together with the running rows if the prefill raises
+        self._cache = SlotCache(self._runner.num_layers, self.pad_id)
+
+    def _serve(self) -> None:
+        closing = False
+        waiting = self._scheduler.waiting
+        while True:
+            # Gather: block while idle (then give concurrent callers 5 ms to join),
+            # otherwise only take what is already queued.
+            if not self._scheduler.running and not waiting:
+                if closing:
+                    return
+                item = self._queue.get()
+                if item is None:
+                    return
+                waiting.append(item)
+                deadline = time.monotonic() + 0.005
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        item = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        closing = True
+                        break
+                    waiting.append(item)
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                else:
+                    waiting.append(item)
+            self._admitting = []
+            try:
+                with torch.inference_mode():
+                    if waiting:
+                        self._admit()
+                    if self._scheduler.running or self._admitting:
+                        self._step()
+                        self._retire()
+            except BaseException as exc:  # surface the error to every waiting caller
+                for req in self._scheduler.running + self._admitting:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                self._reset_state()
+
+    def _admit(self) -> None:
+        """Take what the scheduler admits, re-laying out the buffers first if it says so."""
+        admission = self._scheduler.admit(self._cache.layout, self._cache.live)
+        self._admitting = admission.requests
+        if admission.relayout is not None:
+            t0 = time.perf_counter()
+            self._cache.relayout(admission.relayout, self._runner.kv_shape())
+            self.stats["relayouts"] += 1
+            self.stats["relayout_s"] += time.perf_counter() - t0
+
+    def _place(self, admitted: list[_Request]) -> list[Segment]:
+        """Put admitted requests into slots R.. and describe what the next forward computes.
+
+        Every prompt is right-aligned to end at column `col` (inclusive), where the running
+        rows write their next token, so after the forward every row continues at col + 1.
+        A request that shares a prefix with a stored prompt gets those keys/values copied
+        into its slot and computes only the rest. Three kinds of segment result:
+        * one token left to compute (the G copies of a group's first prompt): the row
+          joins the running rows' decode segment;
+        * no reusable prefix: one left-padded batch;
+        * a longer suffix: one segment per row (rows differ in where their suffix starts).
+        """
+        if self._runner.sync_weights():
+            self._prefixes.clear()
+        cache = self._cache
+        joining, misses, suffixes = [], [], []  # (request, reused tokens, stored keys/values)
+        for req in admitted:
+            n, kv = self._prefixes.lookup(req.ids) if self._prefixes.enabled else (0, None)
+            n = min(n, len(req.ids) - 1)  # at least one token is computed: its logits start decoding
+            if n < self.prefix_cache_min:
+                misses.append((req, 0, None))
+            else:
+                (joining if n == len(req.ids) - 1 else suffixes).append((req, n, kv))
+        plans = joining + misses + suffixes  # their slots, in this order, after the running rows
+        for req, n, kv in plans:
+            cache.add_row(len(req.ids), kv, n)
+            self.stats["prefill_tokens"] += len(req.ids) - n
+            self.stats["prefix_tokens_reused"] += n
+        running = len(self._scheduler.running)
+        for row, (req, _, _) in enumerate(joining, start=running):
+            cache.next[row] = req.prompt_ids[-1]
+            cache.pos[row] = len(req.ids) - 1
+        segments = []
+        decoding = running + len(joining)
+        if decoding:
+            segments.append(cache.decode_segment(decoding))
+        if misses:
+            segments.append(cache.prefill_segment(decoding, [req.ids for req, _, _ in misses]))
+        for row, (req, n, _) in enumerate(suffixes, start=decoding + len(misses)):
+            segments.append(cache.suffix_segment(row, req.ids, n))
+        self._scheduler.running.extend(req for req, _, _ in plans)
+        return segments
+
+    def _step(self) -> None:
+        """One forward pass: the running rows' decode step fused with the admitted requests'
+        prefills (the weights are read once for both), then one sampled token per row."""
+        t0 = time.perf_counter()
+        cache, admitted = self._cache, self._admitting
+        running = len(self._scheduler.running)
+        if cache.col >= cache.width:  # cannot happen: admission reserves every row's remaining tokens
+            raise RuntimeError("slot cache overflow")
+        segments = self._place(admitted) if admitted else [cache.decode_segment(running)]
+        logits = self._runner.forward(cache, segments)
+        rows = self._scheduler.running
+        cache.advance(running, [len(req.ids) for req in rows[running:]])
+        if self._prefixes.enabled:
+            for row in range(running, len(rows)):
+                self._prefixes.insert(rows[row].ids, cache.prompt_kv(row, len(rows[row].ids)))
+        # prefill_s: forwards that prefilled (with the running rows' decode step fused in);
+        # decode_s: decode-only forwards, decode_steps of them
+        self.stats["prefill_s" if admitted else "decode_s"] += time.perf_counter() - t0
+        self.stats["prefills" if admitted else "decode_steps"] += 1
+        if running:
+            self.steps += 1
+            self.stats["rows"] += running
+        t0 = time.perf_counter()
+        tokens, logprobs = sampler.sample(rows, logits)
+        sampler.record(rows, tokens.tolist(), logprobs, self.eos_ids, self.tokenizer)
+        cache.next[: len(rows)] = tokens
+        self.tokens += len(rows)
+        self.stats["sample_s"] += time.perf_counter() - t0
+
+    def _retire(self) -> None:
+        """Resolve finished requests and close the gaps they leave in the slots."""
+        done, moves = self._scheduler.retire()
+        for req in done:
+            req.future.set_result(Generation(req.prompt_ids, req.completion_ids, req.logprobs, req.finish_reason))
+        if done:
+            self._cache.move_rows(moves, len(self._scheduler.running))
