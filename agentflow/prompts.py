@@ -4,7 +4,7 @@ The contracts follow the published AgentFlow (lupantech/AgentFlow): the planner 
 with `Context / Sub-Goal / Tool Name`, the verifier with `Conclusion: STOP|CONTINUE`,
 the generator answers from memory. The wording is written for small models too: the
 default planner is a 135M model, which follows a format far better when it sees one
-worked example and when its turn is started for it (DESIGN.md §4). Each prompt is a
+worked example and when its turn is started for it (docs/design.md §1). Each prompt is a
 template filled with `str.format`; `*_PREFIX` strings start the assistant's turn.
 """
 
@@ -75,7 +75,7 @@ Trust the tool results; give the final answer briefly."""
 
 GENERATOR_ANSWER_TAGS = " Put the final answer inside <answer></answer>."
 
-# The answer-format instruction some benchmark queries carry (DESIGN.md §3; the shipped
+# The answer-format instruction some benchmark queries carry (docs/design.md §5; the shipped
 # aime24/bamboogle/hotpotqa queries end with exactly this, glued to the question without a
 # space), appended by `agentflow.evals.with_answer_instruction` where missing. It is for the generator, which
 # writes the final answer: the other modules see the question without it

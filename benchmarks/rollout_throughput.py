@@ -203,7 +203,7 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
 
 
 def generate_batch_tok_s(model, tokenizer, prompt, batch, n) -> float | None:
-    """transformers' own continuous batching, for the record (DESIGN.md §4)."""
+    """transformers' own continuous batching, for the record (docs/design.md §4)."""
     from transformers import GenerationConfig
 
     try:

@@ -30,7 +30,7 @@ class LocalChatModel(BaseChatModel):
     A trailing `AIMessage` in the input is treated as a prefix of the answer: the
     chat template is rendered up to the assistant turn, the prefix appended, and the
     model continues it. The planner uses this to start its turn with `Sub-Goal:`,
-    which is what makes a 135M model follow the output contract (DESIGN.md §4).
+    which is what makes a 135M model follow the output contract (docs/design.md §1).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)

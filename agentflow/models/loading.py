@@ -53,7 +53,7 @@ def _convert_default(target: Path) -> None:
     gguf = _gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # dtype=float32 turns every weight into a real trainable Parameter; asking for bf16
-    # here would keep the packed quantised form instead (DESIGN.md §4).
+    # here would keep the packed quantised form instead (docs/design.md §4, "The embedded model").
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
