@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -142,13 +141,10 @@ def test_math_equivalence(prediction: str, gold: object, expected: float) -> Non
     assert score("aime24", prediction, {"answer": gold}) == expected
 
 
-def test_math_scoring_is_fast() -> None:
-    score("amc23", r"\frac{1}{2}", {"answer": "0.5"})  # warm up sympy / math_verify imports
+def test_math_scoring_of_long_and_garbage_predictions() -> None:
+    """Long or garbage predictions score like any other (their speed: benchmarks/scoring_speed.py)."""
     predictions = ["33", "<answer>34</answer>", r"\boxed{\frac{66}{2}}", "garbage " * 200, "x" * 5000]
-    start = time.perf_counter()
-    for prediction in predictions * 4:
-        score("aime24", prediction, {"answer": 33})
-    assert time.perf_counter() - start < 2.0
+    assert [score("aime24", p, {"answer": 33}) for p in predictions] == [1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 # ------------------------------------------------------------------ multiple choice

@@ -67,11 +67,9 @@ def run_name(benchmark: str, system: str, max_turns: int) -> str:
     return f"{benchmark_label(benchmark)}__{system}__turns{max_turns}"
 
 
-def read_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """pid -> row of a results file (the last row of a pid wins; a torn last line is skipped)."""
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; a torn or non-object line (a run still writing) is skipped."""
+    rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
@@ -79,9 +77,16 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and "pid" in row:
-            rows[str(row["pid"])] = row
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """pid -> row of a results file (the last row of a pid wins; a torn last line is skipped)."""
+    if not path.is_file():
+        return {}
+    return {str(row["pid"]): row for row in read_jsonl(path) if "pid" in row}
 
 
 def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

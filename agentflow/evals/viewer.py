@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agentflow.evals.runner import read_jsonl
+
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -48,21 +50,6 @@ _RUN_NAMES = (
 
 
 # --------------------------------------------------------------------------- reading runs
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file; a torn or non-object line (a run still writing) is skipped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def clip(text: str, limit: int = MAX_TEXT) -> str:
