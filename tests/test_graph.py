@@ -108,12 +108,12 @@ def test_tool_timeout_is_recorded(scripted):
         return "woke"
 
     def script(role, messages):
-        return {"planner": " Sleep.\nTool Name: sleeper", "executor": '10"}', "verifier": " STOP"}.get(role, "done")
+        return {"planner": " Sleep.\nTool Name: sleeper", "executor": '6"}', "verifier": " STOP"}.get(role, "done")
 
     graph = build_agentflow(scripted(script), [sleeper], tool_timeout=0.3)
     start = time.time()
     final = graph.invoke({"query": "Sleep"})
-    assert time.time() - start < 8  # the tool would sleep 10 s; the call is abandoned at 0.3 s
+    assert time.time() - start < 5  # the tool would sleep 6 s; the call is abandoned at 0.3 s
     assert "timed out after 0.3s" in final["memory"][0]["error"]
     assert final["tool_errors"] == 1
 
