@@ -8,6 +8,15 @@
 # do not use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The python tool's sandbox (docs/sandbox.md) builds its namespaces with bubblewrap, and its
+# tests run again as an ordinary user with Debian's python3, since no other user can run an
+# interpreter kept under a private home such as /root/.pyenv. Installed like chromium below.
+if command -v apt-get >/dev/null 2>&1 && { ! command -v bwrap >/dev/null 2>&1 || [ ! -x /usr/bin/python3 ]; }; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q "torch==2.13.0" uv
 .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[test]"
