@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import json
 import os
 import pwd
@@ -563,6 +564,17 @@ def test_result_records_protections_per_run() -> None:
     assert {name: getattr(result, name) for name in PROTECTIONS} == sandbox_protections()
 
 
+def test_overhead_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/sandbox_overhead.py end to end with two rounds (so the script cannot rot)."""
+    spec = importlib.util.spec_from_file_location("sandbox_overhead", REPO / "benchmarks" / "sandbox_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.main(["--rounds", "2"])
+    assert set(figures) == {"interpreter_ms", "before_ms", "after_ms", "ratio"}
+    assert all(value > 0 for value in figures.values())
+    assert "ratio" in capsys.readouterr().out
+
+
 def _ordinary_uid() -> int:
     """A uid no account uses: an ordinary user's, and not 65534, so the sandbox's own mapping to
     `nobody` is visible (a run as `nobody` could not tell a missing mapping from a working one)."""
@@ -589,7 +601,7 @@ def _python_for(uid: int) -> str | None:
 #: the launch path: the unprivileged re-run leaves them out to stay quick.
 _SAME_ON_EVERY_PATH = (
     "expression", "stdout_and_labelled", "no_output", "error_reports", "deep_recursion",
-    "huge_output", "endless_printing", "concurrent",
+    "huge_output", "endless_printing", "concurrent", "overhead_benchmark",
 )  # fmt: skip
 
 
