@@ -84,6 +84,12 @@ def run(
     except (ValueError, FileNotFoundError, ToolUnavailable) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    from agentflow.tools.python_sandbox import sandbox_warning
+
+    # One line when the python tool runs with fewer protections than it can have here
+    # (namespaces refused by a container's seccomp profile, no bubblewrap): docs/sandbox.md.
+    if (tools is None or "python" in [t.strip() for t in tools.split(",")]) and (warning := sandbox_warning()):
+        console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     final: dict[str, Any] = {}
     for mode, chunk in graph.stream({"query": question}, stream_mode=["updates", "values"]):
         if mode == "values":

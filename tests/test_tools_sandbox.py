@@ -639,3 +639,23 @@ def test_unprivileged_user_passes_the_same_tests(tmp_path: Path) -> None:
     summary = completed.stdout.strip().splitlines()[-1] if completed.stdout.strip() else completed.stderr[-2000:]
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-2000:]
     assert "failed" not in summary and "passed" in summary, summary
+
+
+def test_agentflow_run_warns_once_when_the_sandbox_is_degraded(monkeypatch):
+    """`agentflow run` says on stderr, in one line, that the python tool lost protections.
+    Simulated: namespaces are turned off through their environment switch."""
+    from typer.testing import CliRunner
+
+    from agentflow.cli import app
+
+    args = ["run", "What is 2 + 3?", "--model", "tiny", "--max-turns", "1", "--max-new-tokens", "2", "--json"]
+    monkeypatch.setenv(NAMESPACES_ENV, "0")
+    degraded = CliRunner().invoke(app, args)
+    assert degraded.exit_code == 0, degraded.output
+    warnings = [line for line in degraded.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "docs/sandbox.md" in warnings[0]
+    # without the python tool there is nothing to warn about
+    assert "warning:" not in CliRunner().invoke(app, [*args, "--tools", "calculator"]).stderr
+    monkeypatch.delenv(NAMESPACES_ENV)
+    if sandbox_warning() is None:  # where namespaces work, a normal run says nothing
+        assert "warning:" not in CliRunner().invoke(app, args).stderr

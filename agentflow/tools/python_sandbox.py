@@ -33,10 +33,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from langchain_core.callbacks import CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field
 
+from agentflow.tools.cards import card_metadata
+from agentflow.tools.contract import reported_as_tool_failure
 from agentflow.tools.sandbox_namespaces import (
     NOBODY,
     SANDBOX_TMP,
@@ -519,17 +520,14 @@ class PythonSandboxTool(BaseTool):
     )
     args_schema: type[BaseModel] = PythonInput
     limits: SandboxLimits = Field(default_factory=SandboxLimits)
-    metadata: dict = Field(
-        default_factory=lambda: {
-            "examples": [{"code": "print(sum(i * i for i in range(1, 11)))"}],
-            "limitations": [
-                "No internet access and no files survive between calls.",
-                "Each call starts fresh: variables are not kept from earlier calls.",
-                "Stopped after the time limit; output is cut at 64 KiB.",
-            ],
-            "best_practices": ["print() every value you need; write the whole computation in one call."],
-            "output_type": "str",
-        }
+    metadata: dict = card_metadata(
+        examples=[{"code": "print(sum(i * i for i in range(1, 11)))"}],
+        limitations=[
+            "No internet access and no files survive between calls.",
+            "Each call starts fresh: variables are not kept from earlier calls.",
+            "Stopped after the time limit; output is cut at 64 KiB.",
+        ],
+        best_practices=["print() every value you need; write the whole computation in one call."],
     )
 
     @property
@@ -544,8 +542,9 @@ class PythonSandboxTool(BaseTool):
         protections = sandbox_protections()
         return protections["filesystem_isolated"] or protections["uid_dropped"]
 
-    def _run(self, code: str, run_manager: CallbackManagerForToolRun | None = None) -> str:
-        result = run_sandboxed(code, self.limits)
+    def _run(self, code: str) -> str:
+        with reported_as_tool_failure(self.name):  # e.g. OSError starting the process
+            result = run_sandboxed(code, self.limits)
         return format_result(result, self.limits)
 
 
