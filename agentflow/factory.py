@@ -122,6 +122,24 @@ def role_specs(
     return specs
 
 
+def specs_from_env(environ: Mapping[str, str], default: ModelSpec | None = None) -> dict[str, ModelSpec]:
+    """Role specs from environment variables, for processes configured only that way (the
+    LangGraph server): AGENTFLOW_MODEL and AGENTFLOW_BASE_URL for every module,
+    AGENTFLOW_<ROLE>_MODEL and AGENTFLOW_<ROLE>_BASE_URL for one (ROLE: PLANNER, EXECUTOR,
+    VERIFIER, GENERATOR). Unset or empty variables keep `default`'s."""
+
+    def get(name: str) -> str | None:
+        return environ.get(f"AGENTFLOW_{name}") or None
+
+    default = default or ModelSpec()
+    if get("MODEL"):
+        default = replace(default, model=get("MODEL"))
+    return role_specs(
+        default, **{role: get(f"{role.upper()}_MODEL") for role in ROLES}, base_url=get("BASE_URL"),
+        base_urls={role: get(f"{role.upper()}_BASE_URL") for role in ROLES},
+    )
+
+
 def load_weights(
     name: str, dtype: str = "float32", device: str | torch.device = "cpu", seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
