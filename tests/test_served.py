@@ -24,7 +24,6 @@ pytestmark = pytest.mark.served
 ITEMS = [
     {"pid": "a", "query": "What is 12 times 7?", "answer": "84"},
     {"pid": "b", "query": "What is 30 plus 12?", "answer": "42"},
-    {"pid": "c", "query": "What is 9 minus 4?", "answer": "5"},
 ]
 
 
@@ -67,7 +66,7 @@ def test_run_with_every_module_served(model_server, monkeypatch):
 def test_eval_with_a_local_planner_and_served_modules(model_server, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
-        "eval", "--benchmark", str(_bench(tmp_path, ITEMS[:2])), "--scorer", "qa_em", "--tools", "calculator",
+        "eval", "--benchmark", str(_bench(tmp_path, ITEMS)), "--scorer", "qa_em", "--tools", "calculator",
         "--planner-model", DEFAULT_MODEL, "--model", model_server.model, "--base-url", model_server.base_url,
         "--max-turns", "1", "--max-new-tokens", "24", "--concurrency", "2", "--output", str(out), "--no-progress",
     ])
@@ -108,7 +107,7 @@ def test_a_server_that_dies_mid_eval_fails_items_that_a_rerun_completes(model_se
         output, _ = first.communicate(timeout=300)
         assert first.returncode == 0, output  # failed items are data, not a failed command
         rows = _rows(results)
-        assert len(rows) == 3
+        assert len(rows) == 2
         failed = [row for row in rows if row["error"] is not None]
         assert failed and all("Connection" in row["error"] for row in failed), rows
     finally:
@@ -117,7 +116,7 @@ def test_a_server_that_dies_mid_eval_fails_items_that_a_rerun_completes(model_se
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     rows = _rows(results)
-    assert sorted(row["pid"] for row in rows) == ["a", "b", "c"]  # every item exactly once
+    assert sorted(row["pid"] for row in rows) == ["a", "b"]  # every item exactly once
     assert all(row["error"] is None for row in rows), [row["error"] for row in rows]
     summary = json.loads((out / "mini__agentflow__turns1.summary.json").read_text())
-    assert summary["n"] == 3 and summary["failed"] == 0 and summary["resumed"] == 3 - len(failed)
+    assert summary["n"] == 2 and summary["failed"] == 0 and summary["resumed"] == 2 - len(failed)
