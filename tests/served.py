@@ -74,3 +74,64 @@ class ModelServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+class FlakyProxy:
+    """A proxy in front of a real server whose first `failures` chat requests fail the way
+    busy servers do: `status` (429, 503, ...) or, with status None, an answer slower than
+    the client's timeout. Everything else is forwarded. It tests the clients' retries."""
+
+    def __init__(self, upstream: str, status: int | None, failures: int = 1, delay_s: float = 15.0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.failed = 0
+        self.forwarded = 0  # chat requests that reached the server
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep pytest's output clean
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if method == "POST" and proxy.failed < failures:
+                    proxy.failed += 1
+                    if status is None:
+                        time.sleep(delay_s)  # the client has given up by now
+                    else:
+                        self._reply(status, b'{"error": {"message": "busy"}}', {"Retry-After": "0"})
+                        return
+                response = httpx.request(method, upstream.rstrip("/") + self.path.removeprefix("/v1"), content=body,
+                                         headers={"Content-Type": "application/json"}, timeout=300)
+                proxy.forwarded += method == "POST"
+                self._reply(response.status_code, response.content, {})
+
+            def _reply(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+                try:
+                    self.send_response(code)
+                    for name, value in {"Content-Type": "application/json", **headers}.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

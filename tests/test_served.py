@@ -120,3 +120,16 @@ def test_a_server_that_dies_mid_eval_fails_items_that_a_rerun_completes(model_se
     assert all(row["error"] is None for row in rows), [row["error"] for row in rows]
     summary = json.loads((out / "mini__agentflow__turns1.summary.json").read_text())
     assert summary["n"] == 2 and summary["failed"] == 0 and summary["resumed"] == 2 - len(failed)
+
+
+@pytest.mark.parametrize("status", [429, 503, None], ids=["rate-limited", "unavailable", "timeout"])
+def test_the_client_retries_busy_servers(model_server, status):
+    from agentflow.factory import ModelSpec, load_chat_model
+    from tests.served import FlakyProxy
+
+    with FlakyProxy(model_server.base_url, status) as proxy:
+        llm = load_chat_model(ModelSpec(model_server.model, base_url=proxy.base_url, max_new_tokens=4,
+                                        timeout_s=10.0, max_retries=2))
+        reply = llm.invoke("Say hi.")
+    assert (proxy.failed, proxy.forwarded) == (1, 1)  # the first try failed, the retry got through
+    assert reply.usage_metadata["output_tokens"] > 0
