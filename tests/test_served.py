@@ -1,6 +1,7 @@
 """Served models against a real OpenAI-compatible server (`transformers serve` of the
 embedded model, the `model_server` fixture): every module served, a local planner with
-served modules, and a server that dies mid-eval. The 135M model answers poorly; these
+served modules, a server that dies mid-eval, a busy server the client retries, and a
+Flow-GRPO step whose frozen modules are served. The 135M model answers poorly; these
 tests check the plumbing (requests reach the server, replies are parsed and recorded,
 failures are recorded and resumed), not accuracy.
 """
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from trainer_helpers import first_letter_reward, tiny_config
 from typer.testing import CliRunner
 
 from agentflow.cli import app
@@ -133,3 +135,18 @@ def test_the_client_retries_busy_servers(model_server, status):
         reply = llm.invoke("Say hi.")
     assert (proxy.failed, proxy.forwarded) == (1, 1)  # the first try failed, the retry got through
     assert reply.usage_metadata["output_tokens"] > 0
+
+
+def test_a_flow_grpo_step_with_served_frozen_modules(model_server, tmp_path):
+    from agentflow.trainer import build_trainer, read_metrics
+
+    config = tiny_config(tmp_path, max_steps=1, group_size=2, queries_per_step=1, zero_variance_groups="keep",
+                         executor_model=model_server.model, verifier_model=model_server.model,
+                         generator_model=model_server.model, base_url=model_server.base_url)
+    trainer = build_trainer(config, reward_fn=first_letter_reward)
+    before = _requests(model_server)
+    trainer.train()
+    [metrics] = read_metrics(trainer.run_dir)
+    assert (metrics["runs"], metrics["failed_runs"], metrics["optimizer_steps"]) == (2, 0, 1)
+    # each run's verifier and generator (and executor, when the tiny planner names a tool) were served
+    assert _requests(model_server) - before >= 4
