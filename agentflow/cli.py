@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from agentflow.factory import ModelSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AgentFlow on LangGraph.")
 console = Console(stderr=True)
@@ -34,7 +38,7 @@ def _role_url_option(role: str) -> Any:
     return Annotated[Optional[str], typer.Option(f"--{role}-base-url", help=f"The {role}'s endpoint (default: --base-url).")]
 
 
-def _build(specs, tools: Optional[str], corpus: Optional[Path], max_turns: int):
+def _build(specs: Mapping[str, ModelSpec], tools: Optional[str], corpus: Optional[Path], max_turns: int):
     from agentflow.factory import DEFAULT_ROLE, ToolSpec, agentflow_graph, load_models
 
     tool_spec = ToolSpec.parse(tools, str(corpus) if corpus else None)  # a bad name fails before the model loads

@@ -8,8 +8,10 @@ batch. A model is named one way everywhere (docs/design.md §1, "Models by name"
 embedded default, a Hub id or a local folder runs here; `provider:model` is a served or
 API model made by LangChain's `init_chat_model` (`openai:NAME` plus a base URL reaches
 any OpenAI-compatible server: vLLM, Ollama's /v1, `transformers serve`). Whatever stops a
-model from loading raises `ModelUnavailable` with a one-line reason. Tools: `ToolSpec.parse` checks the names (and what they need) when it is made,
-so a typo fails in a moment instead of after a model has loaded.
+model from being made raises `ModelUnavailable` with a one-line reason.
+
+Tools: `ToolSpec.parse` checks the names (and what they need) when it is made, so a typo
+fails in a moment instead of after a model has loaded.
 """
 
 from __future__ import annotations
