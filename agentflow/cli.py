@@ -147,6 +147,8 @@ def eval_(
     executor_base_url: _role_url_option("executor") = None,
     verifier_base_url: _role_url_option("verifier") = None,
     generator_base_url: _role_url_option("generator") = None,
+    judge_model: Annotated[Optional[str], typer.Option(help=f"Also grade every answer with this model, the published LLM-judge protocol. {MODEL_HELP}")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option(help="The judge's endpoint (default: --base-url).")] = None,
     tools: Annotated[Optional[str], typer.Option(help="Comma-separated tool names (default: the offline set; toolmix adds local_search over its corpus).")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="Scorer kind for a JSON/JSONL file: qa_em, math, multiple_choice, gameof24, toolmix.")] = None,
     output: Annotated[Path, typer.Option(help="Output folder (rerun into it to resume).")] = Path("eval_out"),
@@ -183,12 +185,19 @@ def eval_(
             base_url=base_url, base_urls={"planner": planner_base_url, "executor": executor_base_url,
                                           "verifier": verifier_base_url, "generator": generator_base_url},
         )
-        llms = load_models(specs)
+        judge_spec = None
+        if judge_model:
+            judge_spec = ModelSpec(judge_model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens)
+            judge_spec = judge_spec.with_base_url(judge_base_url or base_url)
+        # One call, so a judge whose spec equals a module's shares its model.
+        llms = load_models({**specs, **({"judge": judge_spec} if judge_spec else {})})
+        judge = llms.pop("judge", None)
         for name in benchmarks:
             for sys_name in systems:
                 summary = run_eval(
                     name, system=sys_name, limit=limit, concurrency=concurrency, max_turns=max_turns,
                     sweep_max_turns=sweep, output=output, tools=tools, scorer=scorer, specs=specs, llms=llms,
+                    judge=judge, judge_spec=judge_spec,
                     max_new_tokens=max_new_tokens, dtype=dtype, seed=seed, progress=progress,
                 )
                 for s in summary.get("sweep", [summary]):

@@ -65,11 +65,12 @@ def test_run_with_every_module_served(model_server, monkeypatch):
     assert _requests(model_server) - before >= 3
 
 
-def test_eval_with_a_local_planner_and_served_modules(model_server, tmp_path):
+def test_eval_with_a_local_planner_and_served_modules_and_judge(model_server, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "eval", "--benchmark", str(_bench(tmp_path, ITEMS)), "--scorer", "qa_em", "--tools", "calculator",
         "--planner-model", DEFAULT_MODEL, "--model", model_server.model, "--base-url", model_server.base_url,
+        "--judge-model", model_server.model,
         "--max-turns", "1", "--max-new-tokens", "24", "--concurrency", "2", "--output", str(out), "--no-progress",
     ])
     assert result.exit_code == 0, result.output
@@ -79,14 +80,16 @@ def test_eval_with_a_local_planner_and_served_modules(model_server, tmp_path):
     for row in rows:
         assert row["error"] is None, row.get("traceback")
         assert row["models"] == {"default": served, "planner": DEFAULT_MODEL, "executor": served,
-                                 "verifier": served, "generator": served}
+                                 "verifier": served, "generator": served, "judge": served}
         assert row["prediction"].strip()
+        assert row["judge_score"] in (0.0, 1.0)  # the served judge's verdict (the 135M judge is no judge)
         # tokens of both kinds of model: the local planner's and the server's (which
         # reports the model id it serves, the folder's path)
         assert set(row["usage"]) == {DEFAULT_MODEL, model_server.model_path}
         assert all(u["output_tokens"] > 0 for u in row["usage"].values())
     summary = json.loads((out / "mini__agentflow__turns1.summary.json").read_text())
     assert summary["config"]["models"]["executor"] == served
+    assert summary["judge_accuracy"] == sum(row["judge_score"] for row in rows) / 2
     assert summary["token_usage"][model_server.model_path]["output_tokens"] == sum(
         row["usage"][model_server.model_path]["output_tokens"] for row in rows)
 

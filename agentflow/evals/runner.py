@@ -18,7 +18,9 @@ models than the folder's rows were made with is refused: their rows would be mix
 one score. An item whose run raises (a served model's call that still fails after the
 client's retries included) is recorded with its error and score 0 and the eval goes on.
 Each row also records the tokens its model calls used (`usage`, per model, as LangChain's
-`usage_metadata` reports them), and the summary their totals.
+`usage_metadata` reports them), and the summary their totals. With a `judge` model, each
+row also gets the published LLM-judge verdict (`judge_score`; the summary's
+`judge_accuracy`) beside the deterministic score.
 
 Answer format: every query gets `with_answer_instruction` (the `<answer></answer>`
 instruction, added only where the shipped query lacks it), for both systems and every
@@ -43,10 +45,10 @@ from langgraph.graph.state import CompiledStateGraph
 
 from agentflow.evals.datasets import BENCHMARKS, load_benchmark, with_answer_instruction
 from agentflow.evals.report import write_report
-from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, score
+from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, judge_score, score
 from agentflow.evals.stats import summarize
 from agentflow.evals.systems import SCORED_FIELD, build_system, check_system, eval_tools, run_config, run_system
-from agentflow.factory import DEFAULT_ROLE, ROLES, ModelSpec, load_models, role_specs
+from agentflow.factory import DEFAULT_ROLE, ROLES, ModelSpec, load_chat_model, load_models, role_specs
 
 
 def benchmark_label(benchmark: str) -> str:
@@ -111,7 +113,8 @@ def _describe(models: Mapping[str, str]) -> str:
 
 
 def _make_runner(
-    graph: CompiledStateGraph, system: str, scorer_key: str, max_turns: int, models: Mapping[str, str]
+    graph: CompiledStateGraph, system: str, scorer_key: str, max_turns: int, models: Mapping[str, str],
+    judge: BaseChatModel | None = None,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """item -> row: run the graph on the item, score it, never raise."""
     config = run_config(system, max_turns)
@@ -138,6 +141,8 @@ def _make_runner(
         try:
             row.update(run_system(graph, system, query, {**config, "callbacks": [usage]}))
             row["score"] = float(score(scorer_key, row[SCORED_FIELD[system]], item))
+            if judge is not None:  # a judge call that fails fails the item, to be judged on resume
+                row["judge_score"] = judge_score(judge, item["query"], row["answer"], str(item["answer"]))
         except Exception as exc:  # a failed item is data: recorded, scored 0, retried on resume
             row["score"] = 0.0
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -163,6 +168,8 @@ def run_eval(
     specs: Mapping[str, ModelSpec] | None = None,
     llm: BaseChatModel | None = None,
     llms: Mapping[str, BaseChatModel] | None = None,
+    judge: BaseChatModel | None = None,
+    judge_spec: ModelSpec | None = None,
     max_new_tokens: int = 128,
     dtype: str = "float32",
     seed: int = 0,
@@ -177,7 +184,9 @@ def run_eval(
     with key "default" and any of planner/executor/verifier/generator), else they are
     made from `specs` (role -> `ModelSpec`, as `agentflow.factory.role_specs` gives them;
     default: the embedded model everywhere), each distinct spec once. Given with `llms`,
-    `specs` names them in the rows. ReAct and base_generator use the default model. `sweep_max_turns` runs every turn budget over one compiled graph and
+    `specs` names them in the rows. ReAct and base_generator use the default model.
+    `judge` (named in the rows by `judge_spec`, else its model name) also grades every
+    answer with `judge_score`; a `judge_spec` alone is loaded. `sweep_max_turns` runs every turn budget over one compiled graph and
     returns `{"sweep": [summary per budget], "accuracy_by_max_turns": {...}}`.
     Raises ValueError for an unknown benchmark/system/scorer/tool, a malformed file, or an
     output folder made with other models, before any model is loaded.
@@ -202,11 +211,17 @@ def run_eval(
         models = {role: spec.label for role, spec in specs.items()}
     else:
         models = {role: getattr(m, "model_name", type(m).__name__) for role, m in llms.items()}
+    if judge_spec is not None:
+        models["judge"] = judge_spec.label
+    elif judge is not None:
+        models["judge"] = getattr(judge, "model_name", type(judge).__name__)
     out = Path(output)
     for budget in budgets:
         _check_same_models(out / f"{run_name(benchmark, system, budget)}.jsonl", models)
     if llms is None:
         llms = load_models(specs)
+    if judge is None and judge_spec is not None:
+        judge = load_chat_model(judge_spec)
     tool_list = tool_spec.build(llms[DEFAULT_ROLE])
     graph = build_system(system, llms, tool_list, max(budgets))
 
@@ -219,7 +234,8 @@ def run_eval(
         "answer_instruction": "with_answer_instruction applied to every query",
     }
     summaries = [
-        _run_budget(graph, items, benchmark, system, scorer_key, budget, out, concurrency, config, progress, models)
+        _run_budget(graph, items, benchmark, system, scorer_key, budget, out, concurrency, config, progress, models,
+                    judge)
         for budget in budgets
     ]
     if plots:
@@ -236,14 +252,14 @@ def run_eval(
 
 
 def _run_budget(graph, items, benchmark, system, scorer_key, max_turns, out: Path, concurrency, config, progress,
-                models: Mapping[str, str]):
+                models: Mapping[str, str], judge: BaseChatModel | None):
     """One turn budget: run the items not yet done, compact the rows file, write the summary."""
     name = run_name(benchmark, system, max_turns)
     results_path = out / f"{name}.jsonl"
     done = read_rows(results_path)
     todo = [item for item in items if item["pid"] not in done or done[item["pid"]].get("error") is not None]
     skipped = len(items) - len(todo)
-    runner = RunnableLambda(_make_runner(graph, system, scorer_key, max_turns, models), name=f"eval-{system}")
+    runner = RunnableLambda(_make_runner(graph, system, scorer_key, max_turns, models, judge), name=f"eval-{system}")
     start = time.perf_counter()
     if todo:
         bar = _progress(len(todo), f"{name}", progress, skipped)

@@ -53,4 +53,5 @@ def summarize(rows: Sequence[Mapping[str, Any]], **meta: Any) -> dict[str, Any]:
         "mean_turns": mean("turns"),
         "mean_latency_s": mean("latency_s"),
         "token_usage": {model: dict(counts) for model, counts in tokens.items()},
+        **({"judge_accuracy": mean("judge_score")} if any("judge_score" in row for row in rows) else {}),
     }
