@@ -47,7 +47,8 @@ class ModelServer:
         command = [str(Path(sys.executable).with_name("transformers")), "serve", self.model_path,
                    "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
         # One thread: the machine's two cores are shared with the test process (and the
-        # local planner's engine); more threads only fight over them.
+        # local planner's engine); more threads only fight over them (measured on a busy
+        # 2-core machine: 40 tokens in 4.3 s with one thread, 31 s with the default).
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with self.log.open("a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -186,8 +186,9 @@ def run_eval(
     default: the embedded model everywhere), each distinct spec once. Given with `llms`,
     `specs` names them in the rows. ReAct and base_generator use the default model.
     `judge` (named in the rows by `judge_spec`, else its model name) also grades every
-    answer with `judge_score`; a `judge_spec` alone is loaded. `sweep_max_turns` runs every turn budget over one compiled graph and
-    returns `{"sweep": [summary per budget], "accuracy_by_max_turns": {...}}`.
+    answer with `judge_score`; a `judge_spec` alone is loaded. `sweep_max_turns` runs
+    every turn budget over one compiled graph and returns
+    `{"sweep": [summary per budget], "accuracy_by_max_turns": {...}}`.
     Raises ValueError for an unknown benchmark/system/scorer/tool, a malformed file, or an
     output folder made with other models, before any model is loaded.
     """
