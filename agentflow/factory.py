@@ -4,15 +4,24 @@
 
 Models: a `ModelSpec` per role says what to load and how it generates; roles whose specs
 are equal share one loaded model and its engine, so their requests are decoded in one
-batch. Tools: `ToolSpec.parse` checks the names (and what they need) when it is made,
-so a typo fails in a moment instead of after a model has loaded.
+batch. A model is named one way everywhere (docs/design.md §1, "Models by name"): the
+embedded default, a Hub id or a local folder runs here; `provider:model` is a served or
+API model made by LangChain's `init_chat_model` (`openai:NAME` plus a base URL reaches
+any OpenAI-compatible server: vLLM, Ollama's /v1, `transformers serve`). Whatever stops a
+model from being made raises `ModelUnavailable` with a one-line reason.
+
+Tools: `ToolSpec.parse` checks the names (and what they need) when it is made, so a typo
+fails in a moment instead of after a model has loaded.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from langchain_core.language_models import BaseChatModel
@@ -29,16 +38,38 @@ ROLES = NODES  # one model per graph node
 # (base_generator) and single-model systems (the ReAct baseline).
 DEFAULT_ROLE = "default"
 TINY_MODEL = "tiny"  # `tiny_model()` (random, 2 layers) with the default model's tokenizer: for tests
+# `provider:model`: a provider name as init_chat_model spells them (openai, google_genai, ...).
+_PROVIDER_SPEC = re.compile(r"(?P<provider>[A-Za-z][A-Za-z0-9_]*):(?P<name>.+)")
+# What to start when nothing answers at a base URL.
+_START_A_SERVER = ("start one first, e.g. `transformers serve $(agentflow model-path) --port 8000` "
+                   "or `vllm serve MODEL`, or fix the base URL")
+
+
+class ModelUnavailable(ValueError):
+    """A model cannot be made: a missing folder, a Hub id not fetchable, an unknown provider,
+    a missing integration package or API key, a server that does not answer. The message
+    is one line saying which, for the command line to print (exit code 2)."""
+
+
+def served_provider(model: str) -> str | None:
+    """The provider of a `provider:model` name, or None for a model that runs here.
+
+    An existing path is always local, even with a colon in it.
+    """
+    match = _PROVIDER_SPEC.fullmatch(model)
+    if match is None or Path(model).exists():
+        return None
+    return match["provider"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One role's chat model: what to load and how it generates.
 
-    `model` names a local Hugging Face causal LM: the embedded default's name, a Hub id, a
-    local path, or "tiny". The fields are the model's construction arguments, so another
-    kind of model adds its own here. Frozen, hence hashable: `load_models` loads each
-    distinct spec once.
+    `model` is the embedded default's name, a Hub id, a local path, "tiny", or
+    `provider:model` for a served model (`base_url`, `timeout_s` and `max_retries` are
+    for those only). The fields are the model's construction arguments. Frozen, hence
+    hashable: `load_models` makes each distinct spec once.
     """
 
     model: str = DEFAULT_MODEL
@@ -46,6 +77,22 @@ class ModelSpec:
     seed: int = 0  # the engine's sampling seed stream (and the "tiny" model's weights)
     max_new_tokens: int = 256
     temperature: float = 0.0
+    base_url: str | None = None  # served: the endpoint (None: the provider's own)
+    timeout_s: float = 120.0  # served: per request; the client retries a timeout like a 429 or 5xx
+    max_retries: int = 2  # served: the client's retries (with backoff) before a call fails
+
+    @property
+    def served(self) -> bool:
+        return served_provider(self.model) is not None
+
+    @property
+    def label(self) -> str:
+        """What eval rows and summaries record for this model: its name, and where it is served."""
+        return f"{self.model} @ {self.base_url}" if self.base_url else self.model
+
+    def with_base_url(self, base_url: str | None) -> ModelSpec:
+        """This spec served from `base_url`; a local model has no URL and stays as it is."""
+        return replace(self, base_url=base_url) if self.served and base_url else self
 
 
 def role_specs(
@@ -55,11 +102,44 @@ def role_specs(
     executor: str | None = None,
     verifier: str | None = None,
     generator: str | None = None,
+    base_url: str | None = None,
+    base_urls: Mapping[str, str | None] | None = None,
 ) -> dict[str, ModelSpec]:
-    """The spec of DEFAULT_ROLE and of each role: `default`, with the role's model name where one is given."""
+    """The spec of DEFAULT_ROLE and of each role: `default`, with the role's model name where
+    one is given.
+
+    `base_url` goes with every served spec (`provider:model`), `base_urls[role]` overrides
+    it for one role; local models ignore `base_url`, and a role's own URL for a local model
+    is a ValueError (it would be silently unused).
+    """
     names = {"planner": planner, "executor": executor, "verifier": verifier, "generator": generator}
-    specs = {role: replace(default, model=name) if name else default for role, name in names.items()}
-    return {DEFAULT_ROLE: default, **specs}
+    urls = dict(base_urls or {})
+    specs = {DEFAULT_ROLE: default.with_base_url(urls.get(DEFAULT_ROLE) or base_url)}
+    for role, name in names.items():
+        spec = replace(default, model=name) if name else default
+        if urls.get(role) and not spec.served:
+            raise ValueError(f"a base URL for the {role} goes with a served model (provider:model), "
+                             f"but the {role} model {spec.model!r} runs locally")
+        specs[role] = spec.with_base_url(urls.get(role) or base_url)
+    return specs
+
+
+def specs_from_env(environ: Mapping[str, str], default: ModelSpec | None = None) -> dict[str, ModelSpec]:
+    """Role specs from environment variables, for processes configured only that way (the
+    LangGraph server): AGENTFLOW_MODEL and AGENTFLOW_BASE_URL for every module,
+    AGENTFLOW_<ROLE>_MODEL and AGENTFLOW_<ROLE>_BASE_URL for one (ROLE: PLANNER, EXECUTOR,
+    VERIFIER, GENERATOR). Unset or empty variables keep `default`'s."""
+
+    def get(name: str) -> str | None:
+        return environ.get(f"AGENTFLOW_{name}") or None
+
+    default = default or ModelSpec()
+    if get("MODEL"):
+        default = replace(default, model=get("MODEL"))
+    return role_specs(
+        default, **{role: get(f"{role.upper()}_MODEL") for role in ROLES}, base_url=get("BASE_URL"),
+        base_urls={role: get(f"{role.upper()}_BASE_URL") for role in ROLES},
+    )
 
 
 def load_weights(
@@ -70,6 +150,18 @@ def load_weights(
     if name == TINY_MODEL:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path())
         return tiny_model(seed=seed).to(device=device, dtype=getattr(torch, dtype)), tokenizer
+    if name != DEFAULT_MODEL and not Path(name).expanduser().exists():
+        # An absolute or relative path, or more than one slash, cannot be a Hub id.
+        if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+            raise ModelUnavailable(f"no model folder at {name}")
+        try:
+            return load_model(name, dtype=dtype, device=device)
+        except OSError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelUnavailable(
+                f"{name} is not a local folder and the Hugging Face Hub could not provide it "
+                f"(offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {reason}"
+            ) from exc
     return load_model(name, dtype=dtype, device=device)
 
 
@@ -81,9 +173,62 @@ def _chat_model(weights: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sp
 
 
 def load_chat_model(spec: ModelSpec) -> BaseChatModel:
-    """One chat model, on the CPU (where the local engine runs; the trainer places its own)."""
+    """One chat model: a local one on the CPU (where the local engine runs; the trainer
+    places its own), or a served one (`served_chat_model`)."""
+    if spec.served:
+        return served_chat_model(spec)
     weights, tokenizer = load_weights(spec.model, spec.dtype, "cpu", spec.seed)
     return _chat_model(weights, tokenizer, spec)
+
+
+def served_chat_model(spec: ModelSpec) -> BaseChatModel:
+    """A `provider:model` spec as LangChain's `init_chat_model` makes it.
+
+    Faults during calls are the client library's to retry (429, 5xx, timeouts and dropped
+    connections, `max_retries` times with backoff); a call that still fails raises into
+    the run, which the eval records as that item's failure. Faults at construction become
+    `ModelUnavailable` here: the integration package, the API key, the provider's name,
+    and, with a `base_url`, a server that does not answer.
+    """
+    from langchain.chat_models import init_chat_model
+
+    provider = served_provider(spec.model)
+    name = spec.model.split(":", 1)[1]
+    settings: dict[str, object] = {
+        "temperature": spec.temperature, "max_tokens": spec.max_new_tokens,
+        "timeout": spec.timeout_s, "max_retries": spec.max_retries,
+    }
+    if spec.base_url:
+        settings["base_url"] = spec.base_url
+        _check_server(spec.base_url, provider)
+        if provider == "openai" and not os.environ.get("OPENAI_API_KEY"):
+            # Self-hosted OpenAI-compatible servers (vLLM, Ollama, transformers serve) take
+            # any key unless started with one, but the client refuses to start without.
+            settings["api_key"] = "unused"
+    try:
+        return init_chat_model(name, model_provider=provider, **settings)
+    except Exception as exc:  # each provider's package raises its own types; all mean "cannot make it"
+        raise ModelUnavailable(f"{spec.model}: {' '.join(str(exc).split())}") from exc
+
+
+def _check_server(base_url: str, provider: str | None) -> None:
+    """Fail now, naming the URL, when nothing answers there, or when the server refuses the
+    key (either would otherwise fail every call of the run the same way). Any other answer
+    to GET /models, even 404 from a server without that route, means it is up."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "unused",
+                           max_retries=0, timeout=10.0)
+    try:
+        client.models.list()
+    except openai.APIConnectionError as exc:  # refused, unreachable, or timed out
+        raise ModelUnavailable(f"no server answers at {base_url} ({exc}); {_START_A_SERVER}") from exc
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+        variable = "OPENAI_API_KEY" if provider == "openai" else "the provider's API key variable"
+        raise ModelUnavailable(f"the server at {base_url} refused the API key "
+                               f"(HTTP {exc.status_code}); set {variable}") from exc
+    except openai.APIStatusError:
+        pass
 
 
 def load_models(specs: Mapping[str, ModelSpec]) -> dict[str, BaseChatModel]:
@@ -107,6 +252,9 @@ def trainable_models(
     generator get one frozen copy of the same initial weights in `modules.dtype` (the
     trainer also uses it as the KL reference); with None they share the planner's model.
     """
+    if planner.served:
+        raise ModelUnavailable(f"the planner is trained, so it runs here: {planner.model!r} is a served model, "
+                               "whose weights cannot be updated; serve the executor, verifier or generator instead")
     if modules is not None and modules.model != planner.model:
         raise ValueError(f"the frozen modules copy the planner's weights: {modules.model!r} != {planner.model!r}")
     weights, tokenizer = load_weights(planner.model, planner.dtype, device, planner.seed)

@@ -138,3 +138,28 @@ Action Input: {example_input}"""
 REACT_OBSERVATION = "Observation: {result}"
 
 REACT_PREFIX = "Thought:"
+
+# LLM judge (agentflow.evals.scoring.judge_score, `agentflow eval --judge-model`)
+
+JUDGE_PROMPT = """\
+You are grading an answer. Given a question, its ground-truth answer and a response, decide
+whether the response's final answer is equivalent to the ground truth.
+
+Instructions:
+1. Extract the final answer from the response (ignore the reasoning that leads to it).
+2. Compare it with the ground truth: equivalent if it has the same meaning or value,
+   allowing different wording, formatting, units written out, or equivalent numeric forms.
+   For multiple choice, the chosen option must be the correct one. A response that gives
+   several different answers, or none, is not equivalent.
+3. Do not solve the question yourself; only compare.
+
+Question: {question}
+Response: {response}
+Ground truth: {gold}
+
+Write a one-sentence analysis, then end with exactly one line:
+true_false: True
+or
+true_false: False"""
+"""Modelled on the published AgentFlow protocol (GPT-4o asked whether the response is
+equivalent to the ground truth, replying with an analysis and a True/False verdict)."""

@@ -80,3 +80,16 @@ def tiny_llm(tokenizer):
 
     engine = GenerationEngine(tiny_model(vocab_size=len(tokenizer)), tokenizer, seed=0)
     return LocalChatModel(engine=engine, model_name="tiny", max_new_tokens=24)
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory):
+    """A running `transformers serve` of the embedded model (tests.served.ModelServer),
+    shared by the session's served-model tests and stopped at the end."""
+    from agentflow.models.loading import resolve_model_path
+    from tests.served import ModelServer
+
+    server = ModelServer(resolve_model_path(), tmp_path_factory.mktemp("served") / "server.log")
+    server.start()
+    yield server
+    server.stop()

@@ -12,9 +12,15 @@ output folder:
 - the table and plots over every summary in the folder (`agentflow.evals.report`).
 
 `<run>` is `<benchmark>__<system>__turns<N>`. A rerun into the same folder keeps the
-finished rows of each run and runs only the items that are missing or failed (resume;
-the config is not compared, so use a new folder for a different model). An item whose
-run raises is recorded with its error and score 0 and the eval goes on.
+finished rows of each run and runs only the items that are missing or failed (resume).
+Every row records each role's model (`models`, the spec's label), and a rerun with other
+models than the folder's rows were made with is refused: their rows would be mixed into
+one score. An item whose run raises (a served model's call that still fails after the
+client's retries included) is recorded with its error and score 0 and the eval goes on.
+Each row also records the tokens its model calls used (`usage`, per model, as LangChain's
+`usage_metadata` reports them), and the summary their totals. With a `judge` model, each
+row also gets the published LLM-judge verdict (`judge_score`; the summary's
+`judge_accuracy`) beside the deterministic score.
 
 Answer format: every query gets `with_answer_instruction` (the `<answer></answer>`
 instruction, added only where the shipped query lacks it), for both systems and every
@@ -32,17 +38,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableLambda
 from langgraph.graph.state import CompiledStateGraph
 
 from agentflow.evals.datasets import BENCHMARKS, load_benchmark, with_answer_instruction
 from agentflow.evals.report import write_report
-from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, score
+from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, judge_score, score
 from agentflow.evals.stats import summarize
 from agentflow.evals.systems import SCORED_FIELD, build_system, check_system, eval_tools, run_config, run_system
-from agentflow.factory import DEFAULT_ROLE, ROLES, ModelSpec, load_models, role_specs
-from agentflow.models import DEFAULT_MODEL
+from agentflow.factory import DEFAULT_ROLE, ROLES, ModelSpec, load_chat_model, load_models, role_specs
 
 
 def benchmark_label(benchmark: str) -> str:
@@ -97,8 +103,23 @@ def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _check_same_models(path: Path, models: Mapping[str, str]) -> None:
+    """ValueError when the rows already in `path` were made with other models than `models`."""
+    for row in read_rows(path).values():
+        if "models" in row and row["models"] != dict(models):
+            raise ValueError(
+                f"{path} holds rows made with other models ({_describe(row['models'])}) than this run's "
+                f"({_describe(models)}); resuming would mix them into one score: use another --output folder"
+            )
+
+
+def _describe(models: Mapping[str, str]) -> str:
+    return ", ".join(f"{role}={label}" for role, label in models.items())
+
+
 def _make_runner(
-    graph: CompiledStateGraph, system: str, scorer_key: str, max_turns: int
+    graph: CompiledStateGraph, system: str, scorer_key: str, max_turns: int, models: Mapping[str, str],
+    judge: BaseChatModel | None = None,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """item -> row: run the graph on the item, score it, never raise."""
     config = run_config(system, max_turns)
@@ -118,16 +139,21 @@ def _make_runner(
             "tool_errors": 0,
             "latency_s": 0.0,
             "error": None,
+            "models": dict(models),
         }
+        usage = UsageMetadataCallbackHandler()
         start = time.perf_counter()
         try:
-            row.update(run_system(graph, system, query, config))
+            row.update(run_system(graph, system, query, {**config, "callbacks": [usage]}))
             row["score"] = float(score(scorer_key, row[SCORED_FIELD[system]], item))
+            if judge is not None:  # a judge call that fails fails the item, to be judged on resume
+                row["judge_score"] = judge_score(judge, item["query"], row["answer"], str(item["answer"]))
         except Exception as exc:  # a failed item is data: recorded, scored 0, retried on resume
             row["score"] = 0.0
             row["error"] = f"{type(exc).__name__}: {exc}"
             row["traceback"] = traceback.format_exc(limit=8)[-4000:]
         row["latency_s"] = round(time.perf_counter() - start, 3)
+        row["usage"] = {name: dict(counts) for name, counts in usage.usage_metadata.items()}
         return row
 
     return run_item
@@ -144,13 +170,11 @@ def run_eval(
     output: str | os.PathLike[str] = "eval_out",
     tools: Sequence[str] | str | None = None,
     scorer: str | None = None,
-    model: str = DEFAULT_MODEL,
-    planner_model: str | None = None,
-    executor_model: str | None = None,
-    verifier_model: str | None = None,
-    generator_model: str | None = None,
+    specs: Mapping[str, ModelSpec] | None = None,
     llm: BaseChatModel | None = None,
     llms: Mapping[str, BaseChatModel] | None = None,
+    judge: BaseChatModel | None = None,
+    judge_spec: ModelSpec | None = None,
     max_new_tokens: int = 128,
     dtype: str = "float32",
     seed: int = 0,
@@ -163,11 +187,15 @@ def run_eval(
     `benchmark`: a name in BENCHMARKS or a .json/.jsonl file (`scorer` picks its scorer
     kind, default "qa_em"). Models: pass chat models (`llm` for every role, or `llms`
     with key "default" and any of planner/executor/verifier/generator), else they are
-    loaded by name (`model`, and per-module `*_model`), each distinct name once. ReAct
-    and base_generator use the default model. `sweep_max_turns` runs every turn budget over one compiled graph and
-    returns `{"sweep": [summary per budget], "accuracy_by_max_turns": {...}}`.
-    Raises ValueError for an unknown benchmark/system/scorer/tool or a malformed file,
-    before any model is loaded.
+    made from `specs` (role -> `ModelSpec`, as `agentflow.factory.role_specs` gives them;
+    default: the embedded model everywhere), each distinct spec once. Given with `llms`,
+    `specs` names them in the rows. ReAct and base_generator use the default model.
+    `judge` (named in the rows by `judge_spec`, else its model name) also grades every
+    answer with `judge_score`; a `judge_spec` alone is loaded. `sweep_max_turns` runs
+    every turn budget over one compiled graph and returns
+    `{"sweep": [summary per budget], "accuracy_by_max_turns": {...}}`.
+    Raises ValueError for an unknown benchmark/system/scorer/tool, a malformed file, or an
+    output folder made with other models, before any model is loaded.
     """
     check_system(system)
     budgets = sorted(dict.fromkeys(int(t) for t in sweep_max_turns)) if sweep_max_turns else [int(max_turns)]
@@ -181,27 +209,39 @@ def run_eval(
         raise ValueError(f"{benchmark}: no items to evaluate")
     tool_spec = eval_tools(benchmark, tools)
 
+    if llms is None and llm is not None:
+        llms = {role: llm for role in (DEFAULT_ROLE, *ROLES)}
+    if llms is None and specs is None:
+        specs = role_specs(ModelSpec(dtype=dtype, seed=seed, max_new_tokens=max_new_tokens))
+    if specs is not None:
+        models = {role: spec.label for role, spec in specs.items()}
+    else:
+        models = {role: getattr(m, "model_name", type(m).__name__) for role, m in llms.items()}
+    if judge_spec is not None:
+        models["judge"] = judge_spec.label
+    elif judge is not None:
+        models["judge"] = getattr(judge, "model_name", type(judge).__name__)
+    out = Path(output)
+    for budget in budgets:
+        _check_same_models(out / f"{run_name(benchmark, system, budget)}.jsonl", models)
     if llms is None:
-        if llm is not None:
-            llms = {role: llm for role in (DEFAULT_ROLE, *ROLES)}
-        else:
-            spec = ModelSpec(model, dtype=dtype, seed=seed, max_new_tokens=max_new_tokens)
-            llms = load_models(role_specs(spec, planner=planner_model, executor=executor_model,
-                                          verifier=verifier_model, generator=generator_model))
+        llms = load_models(specs)
+    if judge is None and judge_spec is not None:
+        judge = load_chat_model(judge_spec)
     tool_list = tool_spec.build(llms[DEFAULT_ROLE])
     graph = build_system(system, llms, tool_list, max(budgets))
 
-    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "benchmark": benchmark, "system": system, "limit": limit, "concurrency": concurrency,
         "tools": [t.name for t in tool_list], "scorer": scorer_key,
-        "models": {role: getattr(m, "model_name", type(m).__name__) for role, m in llms.items()},
+        "models": models,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "seed": seed, "split": split,
         "answer_instruction": "with_answer_instruction applied to every query",
     }
     summaries = [
-        _run_budget(graph, items, benchmark, system, scorer_key, budget, out, concurrency, config, progress)
+        _run_budget(graph, items, benchmark, system, scorer_key, budget, out, concurrency, config, progress, models,
+                    judge)
         for budget in budgets
     ]
     if plots:
@@ -217,14 +257,15 @@ def run_eval(
     return sweep
 
 
-def _run_budget(graph, items, benchmark, system, scorer_key, max_turns, out: Path, concurrency, config, progress):
+def _run_budget(graph, items, benchmark, system, scorer_key, max_turns, out: Path, concurrency, config, progress,
+                models: Mapping[str, str], judge: BaseChatModel | None):
     """One turn budget: run the items not yet done, compact the rows file, write the summary."""
     name = run_name(benchmark, system, max_turns)
     results_path = out / f"{name}.jsonl"
     done = read_rows(results_path)
     todo = [item for item in items if item["pid"] not in done or done[item["pid"]].get("error") is not None]
     skipped = len(items) - len(todo)
-    runner = RunnableLambda(_make_runner(graph, system, scorer_key, max_turns), name=f"eval-{system}")
+    runner = RunnableLambda(_make_runner(graph, system, scorer_key, max_turns, models, judge), name=f"eval-{system}")
     start = time.perf_counter()
     if todo:
         bar = _progress(len(todo), f"{name}", progress, skipped)

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agentflow.extract import extract_answer  # the generator's contract, one definition
+from agentflow.prompts import JUDGE_PROMPT
 from agentflow.tools.arithmetic import FOUR_OPERATIONS, ExpressionError, evaluate
 
 if TYPE_CHECKING:  # the reward path should not pay for importing LangChain
@@ -450,29 +451,6 @@ def score(benchmark: str, prediction: str, item: Mapping[str, Any]) -> float:
 
 
 # --------------------------------------------------------------------------- LLM judge
-
-JUDGE_PROMPT = """\
-You are grading an answer. Given a question, its ground-truth answer and a response, decide
-whether the response's final answer is equivalent to the ground truth.
-
-Instructions:
-1. Extract the final answer from the response (ignore the reasoning that leads to it).
-2. Compare it with the ground truth: equivalent if it has the same meaning or value,
-   allowing different wording, formatting, units written out, or equivalent numeric forms.
-   For multiple choice, the chosen option must be the correct one. A response that gives
-   several different answers, or none, is not equivalent.
-3. Do not solve the question yourself; only compare.
-
-Question: {question}
-Response: {response}
-Ground truth: {gold}
-
-Write a one-sentence analysis, then end with exactly one line:
-true_false: True
-or
-true_false: False"""
-"""Modelled on the published AgentFlow protocol (GPT-4o asked whether the response is
-equivalent to the ground truth, replying with an analysis and a True/False verdict)."""
 
 _VERDICT = re.compile(r"\b(true|false)\b", re.IGNORECASE)
 

@@ -32,6 +32,13 @@ def summarize(rows: Sequence[Mapping[str, Any]], **meta: Any) -> dict[str, Any]:
     def mean(key: str) -> float:
         return round(sum(float(row.get(key) or 0) for row in rows) / n, 4) if n else 0.0
 
+    # Summed per model name, as each row's `usage` holds them (LangChain's usage_metadata).
+    tokens: dict[str, Counter[str]] = {}
+    for row in rows:
+        for model, counts in (row.get("usage") or {}).items():
+            tokens.setdefault(model, Counter()).update(
+                {k: int(counts.get(k) or 0) for k in ("input_tokens", "output_tokens", "total_tokens")})
+
     return {
         **meta,
         "n": n,
@@ -45,4 +52,6 @@ def summarize(rows: Sequence[Mapping[str, Any]], **meta: Any) -> dict[str, Any]:
         "tool_call_error_rate": round(tool_error_rate(errors, total_calls), 4),
         "mean_turns": mean("turns"),
         "mean_latency_s": mean("latency_s"),
+        "token_usage": {model: dict(counts) for model, counts in tokens.items()},
+        **({"judge_accuracy": mean("judge_score")} if any("judge_score" in row for row in rows) else {}),
     }

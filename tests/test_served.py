@@ -1,0 +1,155 @@
+"""Served models against a real OpenAI-compatible server (`transformers serve` of the
+embedded model, the `model_server` fixture): every module served, a local planner with
+served modules, a server that dies mid-eval, a busy server the client retries, and a
+Flow-GRPO step whose frozen modules are served. The 135M model answers poorly; these
+tests check the plumbing (requests reach the server, replies are parsed and recorded,
+failures are recorded and resumed), not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trainer_helpers import first_letter_reward, tiny_config
+from typer.testing import CliRunner
+
+from agentflow.cli import app
+from agentflow.models import DEFAULT_MODEL
+
+pytestmark = pytest.mark.served
+
+ITEMS = [
+    {"pid": "a", "query": "What is 12 times 7?", "answer": "84"},
+    {"pid": "b", "query": "What is 30 plus 12?", "answer": "42"},
+]
+
+
+def _bench(tmp_path: Path, items: list[dict]) -> Path:
+    path = tmp_path / "mini.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _requests(server) -> int:
+    """Chat requests the server has answered so far (its access log)."""
+    return server.log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
+def test_run_with_every_module_served(model_server, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a local model was loaded although every module is served")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    before = _requests(model_server)
+    result = CliRunner().invoke(app, [
+        "run", "What is 12 times 7?", "--model", model_server.model, "--base-url", model_server.base_url,
+        "--tools", "calculator", "--max-turns", "1", "--max-new-tokens", "32", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["turn"] == 1 and len(final["memory"]) == 1  # the planner's turn, parsed (or recorded as an error)
+    assert final["verdict"] in {"STOP", "CONTINUE"}
+    assert final["response"].strip()  # the generator's reply came back from the server
+    # planner, verifier, generator (and the executor when the planner named a tool)
+    assert _requests(model_server) - before >= 3
+
+
+def test_eval_with_a_local_planner_and_served_modules_and_judge(model_server, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "eval", "--benchmark", str(_bench(tmp_path, ITEMS)), "--scorer", "qa_em", "--tools", "calculator",
+        "--planner-model", DEFAULT_MODEL, "--model", model_server.model, "--base-url", model_server.base_url,
+        "--judge-model", model_server.model,
+        "--max-turns", "1", "--max-new-tokens", "24", "--concurrency", "2", "--output", str(out), "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out / "mini__agentflow__turns1.jsonl")
+    served = f"{model_server.model} @ {model_server.base_url}"
+    assert sorted(row["pid"] for row in rows) == ["a", "b"]
+    for row in rows:
+        assert row["error"] is None, row.get("traceback")
+        assert row["models"] == {"default": served, "planner": DEFAULT_MODEL, "executor": served,
+                                 "verifier": served, "generator": served, "judge": served}
+        assert row["prediction"].strip()
+        assert row["judge_score"] in (0.0, 1.0)  # the served judge's verdict (the 135M judge is no judge)
+        # tokens of both kinds of model: the local planner's and the server's (which
+        # reports the model id it serves, the folder's path)
+        assert set(row["usage"]) == {DEFAULT_MODEL, model_server.model_path}
+        assert all(u["output_tokens"] > 0 for u in row["usage"].values())
+    summary = json.loads((out / "mini__agentflow__turns1.summary.json").read_text())
+    assert summary["config"]["models"]["executor"] == served
+    assert summary["judge_accuracy"] == sum(row["judge_score"] for row in rows) / 2
+    assert summary["token_usage"][model_server.model_path]["output_tokens"] == sum(
+        row["usage"][model_server.model_path]["output_tokens"] for row in rows)
+
+
+def test_a_server_that_dies_mid_eval_fails_items_that_a_rerun_completes(model_server, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "agentflow.cli", "eval", "--benchmark", str(_bench(tmp_path, ITEMS)),
+        "--scorer", "qa_em", "--tools", "calculator", "--model", model_server.model,
+        "--base-url", model_server.base_url, "--max-turns", "1", "--max-new-tokens", "16",
+        "--concurrency", "1", "--output", str(out), "--no-progress",
+    ]
+    results = out / "mini__agentflow__turns1.jsonl"
+    try:
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while not (results.is_file() and _rows(results)):  # the first item is done: take the server down
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.5)
+        model_server.stop()
+        output, _ = first.communicate(timeout=300)
+        assert first.returncode == 0, output  # failed items are data, not a failed command
+        rows = _rows(results)
+        assert len(rows) == 2
+        failed = [row for row in rows if row["error"] is not None]
+        assert failed and all("Connection" in row["error"] for row in failed), rows
+    finally:
+        model_server.start()  # later tests need the server, whatever happened here
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    rows = _rows(results)
+    assert sorted(row["pid"] for row in rows) == ["a", "b"]  # every item exactly once
+    assert all(row["error"] is None for row in rows), [row["error"] for row in rows]
+    summary = json.loads((out / "mini__agentflow__turns1.summary.json").read_text())
+    assert summary["n"] == 2 and summary["failed"] == 0 and summary["resumed"] == 2 - len(failed)
+
+
+@pytest.mark.parametrize("status", [429, 503, None], ids=["rate-limited", "unavailable", "timeout"])
+def test_the_client_retries_busy_servers(model_server, status):
+    from agentflow.factory import ModelSpec, load_chat_model
+    from tests.served import FlakyProxy
+
+    with FlakyProxy(model_server.base_url, status) as proxy:
+        llm = load_chat_model(ModelSpec(model_server.model, base_url=proxy.base_url, max_new_tokens=4,
+                                        timeout_s=10.0, max_retries=2))
+        reply = llm.invoke("Say hi.")
+    assert (proxy.failed, proxy.forwarded) == (1, 1)  # the first try failed, the retry got through
+    assert reply.usage_metadata["output_tokens"] > 0
+
+
+def test_a_flow_grpo_step_with_served_frozen_modules(model_server, tmp_path):
+    from agentflow.trainer import build_trainer, read_metrics
+
+    config = tiny_config(tmp_path, max_steps=1, group_size=2, queries_per_step=1, zero_variance_groups="keep",
+                         executor_model=model_server.model, verifier_model=model_server.model,
+                         generator_model=model_server.model, base_url=model_server.base_url)
+    trainer = build_trainer(config, reward_fn=first_letter_reward)
+    before = _requests(model_server)
+    trainer.train()
+    [metrics] = read_metrics(trainer.run_dir)
+    assert (metrics["runs"], metrics["failed_runs"], metrics["optimizer_steps"]) == (2, 0, 1)
+    # each run's verifier and generator (and executor, when the tiny planner names a tool) were served
+    assert _requests(model_server) - before >= 4
