@@ -255,7 +255,7 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False, help="YAML run config.")],
     plot: Annotated[bool, typer.Option(help="Render the training curves when done.")] = True,
 ) -> None:
-    """Train the planner with Flow-GRPO (see examples/train_toolmix.yaml for every field)."""
+    """Train the planner with Flow-GRPO (examples/train_toolmix.yaml; every field is in FlowGRPOConfig)."""
     from agentflow.trainer import plot_run, train_from_config
 
     run_dir = _config_errors(lambda: train_from_config(config))
