@@ -211,3 +211,40 @@ def test_cli_errors_exit_2_before_a_model_loads(tmp_path, monkeypatch, args, mes
     result = CliRunner().invoke(app, ["eval", *args, "--output", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+class CountingJudge:
+    """Stands in for the judge model (`judge_score` only calls `invoke`): says True, counts calls."""
+
+    model_name = "counting-judge"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def invoke(self, prompt: str):
+        from langchain_core.messages import AIMessage
+
+        self.calls += 1
+        return AIMessage(content="true_false: True")
+
+
+def test_judge_verdicts_are_paid_for_once(tmp_path):
+    """A sweep whose budgets give the same answers, then a rerun into the same folder from a
+    fresh process-like start: the judge is asked once per (question, gold, prediction)."""
+    judge, out = CountingJudge(), tmp_path / "out"
+    result = run_eval(_bench(tmp_path, ITEMS[:2]), llm=agentflow_model(verdict="CONTINUE"), output=out,
+                      tools="calculator", sweep_max_turns=[1, 2], progress=False, judge=judge)
+    assert judge.calls == 2
+    assert [s["judge_accuracy"] for s in result["sweep"]] == [1.0, 1.0]
+    cached = [json.loads(line) for line in (out / "judge_cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 2 and {row["verdict"] for row in cached} == {1.0}
+
+    from agentflow.evals.judge import JudgeCache
+
+    again = JudgeCache(out / "judge_cache.jsonl", judge, "counting-judge")
+    row = read_rows(out / f"{run_name('mini.jsonl', 'agentflow', 1)}.jsonl")["a"]
+    assert again(ITEMS[0]["query"], row["answer"], str(ITEMS[0]["answer"])) == 1.0 and judge.calls == 2
+    assert again(ITEMS[0]["query"], "another answer", str(ITEMS[0]["answer"])) == 1.0 and judge.calls == 3
+    other_judge = JudgeCache(out / "judge_cache.jsonl", judge, "another-judge")
+    other_judge(ITEMS[0]["query"], row["answer"], str(ITEMS[0]["answer"]))
+    assert judge.calls == 4  # a verdict belongs to the judge that gave it

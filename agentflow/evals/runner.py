@@ -45,7 +45,9 @@ from langgraph.graph.state import CompiledStateGraph
 
 from agentflow.evals.datasets import BENCHMARKS, load_benchmark, with_answer_instruction
 from agentflow.evals.report import write_report
-from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, judge_score, score
+from agentflow.evals.judge import JUDGE_CACHE_FILE, JudgeCache
+from agentflow.evals.jsonl import read_jsonl
+from agentflow.evals.scoring import BENCHMARK_SCORER, DEFAULT_SCORER, SCORERS, score
 from agentflow.evals.stats import summarize
 from agentflow.evals.systems import SCORED_FIELD, build_system, check_system, eval_tools, run_config, run_system
 from agentflow.factory import DEFAULT_ROLE, ROLES, ModelSpec, load_chat_model, load_models, role_specs
@@ -71,21 +73,6 @@ def resolve_scorer(benchmark: str, scorer: str | None) -> str:
 
 def run_name(benchmark: str, system: str, max_turns: int) -> str:
     return f"{benchmark_label(benchmark)}__{system}__turns{max_turns}"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file; a torn or non-object line (a run still writing) is skipped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -119,7 +106,7 @@ def _describe(models: Mapping[str, str]) -> str:
 
 def _make_runner(
     graph: CompiledStateGraph, system: str, scorer_key: str, max_turns: int, models: Mapping[str, str],
-    judge: BaseChatModel | None = None,
+    judge: Callable[[str, str, str], float] | None = None,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """item -> row: run the graph on the item, score it, never raise."""
     config = run_config(system, max_turns)
@@ -147,7 +134,7 @@ def _make_runner(
             row.update(run_system(graph, system, query, {**config, "callbacks": [usage]}))
             row["score"] = float(score(scorer_key, row[SCORED_FIELD[system]], item))
             if judge is not None:  # a judge call that fails fails the item, to be judged on resume
-                row["judge_score"] = judge_score(judge, item["query"], row["answer"], str(item["answer"]))
+                row["judge_score"] = judge(item["query"], row["answer"], str(item["answer"]))
         except Exception as exc:  # a failed item is data: recorded, scored 0, retried on resume
             row["score"] = 0.0
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -228,6 +215,7 @@ def run_eval(
         llms = load_models(specs)
     if judge is None and judge_spec is not None:
         judge = load_chat_model(judge_spec)
+    grade = JudgeCache(out / JUDGE_CACHE_FILE, judge, models["judge"]) if judge is not None else None
     tool_list = tool_spec.build(llms[DEFAULT_ROLE])
     graph = build_system(system, llms, tool_list, max(budgets))
 
@@ -241,7 +229,7 @@ def run_eval(
     }
     summaries = [
         _run_budget(graph, items, benchmark, system, scorer_key, budget, out, concurrency, config, progress, models,
-                    judge)
+                    grade)
         for budget in budgets
     ]
     if plots:
@@ -258,7 +246,7 @@ def run_eval(
 
 
 def _run_budget(graph, items, benchmark, system, scorer_key, max_turns, out: Path, concurrency, config, progress,
-                models: Mapping[str, str], judge: BaseChatModel | None):
+                models: Mapping[str, str], judge: Callable[[str, str, str], float] | None):
     """One turn budget: run the items not yet done, compact the rows file, write the summary."""
     name = run_name(benchmark, system, max_turns)
     results_path = out / f"{name}.jsonl"

@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agentflow.evals.runner import read_jsonl
+from agentflow.evals.jsonl import read_jsonl
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.jsonl"
