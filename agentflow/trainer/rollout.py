@@ -256,7 +256,8 @@ class RolloutLog:
             return
         kept = [row for row in read_rollouts(self.path.parent) if row.get("step", 0) <= step]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept), encoding="utf-8")
+        text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path)
 
 
