@@ -53,3 +53,22 @@ def test_learning_benchmark_quick_mode(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1])["n_test"] == 4
     assert any(line.startswith("| accuracy |") for line in lines)
+
+
+def test_failures_benchmark_quick_mode(tmp_path, capsys):
+    """benchmarks/failures.py runs the system on held-out ToolMix items, writes eval rows the
+    report viewer reads, and reading those rows back (--eval-dir) gives the same tables."""
+    spec = importlib.util.spec_from_file_location("failures", SCRIPT.parent / "failures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--tiny", "--output", str(tmp_path)])
+    (name,) = out
+    assert name == "toolmix__untrained__turns2"
+    report = out[name]
+    assert report["all"]["runs"] == 6 and sum(report[t]["runs"] for t in report if t != "all") == 6
+    assert sum(report["all"]["classes"].values()) == report["all"]["failed"]
+    rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert all(row["type"] and row["tools_needed"] and isinstance(row["memory"], list) for row in rows)
+    assert json.loads((tmp_path / "failures.json").read_text()) == out
+    assert "### first tool chosen" in capsys.readouterr().out
+    assert module.main(["--eval-dir", str(tmp_path)]) == out
