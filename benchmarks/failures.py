@@ -4,6 +4,7 @@
     python benchmarks/failures.py --n-test 40              # the first 40 held-out items
     python benchmarks/failures.py --checkpoint RUN_DIR     # a trained planner (its latest checkpoint)
     python benchmarks/failures.py --eval-dir DIR           # classify rows written earlier (no model)
+    python benchmarks/failures.py --rollouts RUN_DIR --last-steps 5   # a training run's sampled runs
     python benchmarks/failures.py --quick --tiny           # seconds, random tiny model (the test)
 
 The system is built exactly as benchmarks/learning.py builds it (examples/learning_toolmix.yaml:
@@ -13,7 +14,8 @@ plus the item's `type` and needed `tools`) to `<output>/toolmix__<system>__turns
 so `agentflow view <output>` shows the trajectories; then every failed run (score 0) is
 classified by `agentflow.evals.failures` (the rules are documented there) and the script
 prints, per question type, the count and share of each failure class and the planner's
-first-tool choice, and writes `<output>/failures.json`.
+first-tool choice, and writes `<output>/failures.json`. `--rollouts` classifies a training
+run's `rollouts.jsonl` instead (sampled runs, docs/design.md §8) into `RUN_DIR/failures.json`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from agentflow.evals.failures import failure_report, format_report, needed_tools
 from agentflow.evals.toolmix import make_toolmix  # noqa: E402
 from agentflow.evals.viewer import parse_run_name, read_jsonl  # noqa: E402
 from agentflow.trainer import FlowGRPOConfig, build_trainer  # noqa: E402
-from agentflow.trainer.rollout import RunResult  # noqa: E402
+from agentflow.trainer.rollout import RunResult, read_rollouts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "examples" / "learning_toolmix.yaml"
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-test", type=int, default=None, help="held-out items (default: the config's eval_limit)")
     p.add_argument("--checkpoint", default=None, help="a training run dir: evaluate its latest checkpoint's planner")
     p.add_argument("--eval-dir", default=None, help="classify the rows of toolmix__*.jsonl files here instead of running")
+    p.add_argument("--rollouts", default=None, help="classify this training run's rollouts.jsonl instead of running")
+    p.add_argument("--last-steps", type=int, default=None, help="with --rollouts: only the last N logged steps")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "failures"), help="rows and failures.json")
     p.add_argument("--quick", action="store_true", help="short generations: seconds with --tiny")
     p.add_argument("--tiny", action="store_true", help="a random tiny model instead of SmolLM2-135M")
@@ -99,27 +103,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config["resume_from"] = args.checkpoint
     max_turns = int(config["max_turns"])
 
-    if args.eval_dir:
-        output = Path(args.eval_dir)
-        files = sorted(output.glob("toolmix__*.jsonl"))
-        if not files:
-            raise SystemExit(f"{output}: no toolmix__*.jsonl eval rows")
+    sources: list[tuple[str, list[dict[str, Any]], int]] = []  # (name, rows, turn budget)
+    if args.rollouts:
+        output = Path(args.rollouts)
+        rows = read_rollouts(output)
+        if not rows:
+            raise SystemExit(f"{output}: no rollouts.jsonl rows")
+        if args.last_steps:
+            last = max(row["step"] for row in rows)
+            rows = [row for row in rows if row["step"] > last - args.last_steps]
+        steps = sorted({row["step"] for row in rows})
+        run_turns = FlowGRPOConfig.from_yaml(output / "config.yaml").max_turns
+        sources.append((f"rollouts steps {steps[0]}-{steps[-1]}", rows, run_turns))
     else:
-        output = Path(args.output)
-        output.mkdir(parents=True, exist_ok=True)
-        system = "trained" if args.checkpoint else "untrained"
-        files = [evaluate(FlowGRPOConfig.from_dict(config), output, system)]
+        if args.eval_dir:
+            output = Path(args.eval_dir)
+            files = sorted(output.glob("toolmix__*.jsonl"))
+            if not files:
+                raise SystemExit(f"{output}: no toolmix__*.jsonl eval rows")
+        else:
+            output = Path(args.output)
+            output.mkdir(parents=True, exist_ok=True)
+            system = "trained" if args.checkpoint else "untrained"
+            files = [evaluate(FlowGRPOConfig.from_dict(config), output, system)]
+        sources += [(path.stem, read_jsonl(path), parse_run_name(path.stem)[2] or max_turns) for path in files]
 
-    items = {item["pid"]: item for item in make_toolmix().test}
+    suite = make_toolmix()
+    items = {item["pid"]: item for item in suite.train + suite.test}
     reports: dict[str, Any] = {}
-    for path in files:
-        # `agentflow eval` rows carry no type: take it (and the needed tools) from the item
-        rows = [{"type": items[row["pid"]]["type"], "tools_needed": items[row["pid"]]["tools"], **row}
-                for row in read_jsonl(path)]
-        turns = parse_run_name(path.stem)[2]
-        report = failure_report(rows, max_turns=turns or max_turns)
-        reports[path.stem] = report
-        print(f"\n## {path.stem} ({len(rows)} items)\n")
+    for name, rows, turns in sources:
+        # `agentflow eval` rows carry no type and rollout rows no needed tools: take them from the item
+        rows = [{"type": items[row["pid"]]["type"], "tools_needed": items[row["pid"]]["tools"], **row} for row in rows]
+        report = failure_report(rows, max_turns=turns)
+        reports[name] = report
+        print(f"\n## {name} ({len(rows)} runs)\n")
         print(format_report(report))
     (output / "failures.json").write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
     return reports

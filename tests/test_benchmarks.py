@@ -72,3 +72,19 @@ def test_failures_benchmark_quick_mode(tmp_path, capsys):
     assert json.loads((tmp_path / "failures.json").read_text()) == out
     assert "### first tool chosen" in capsys.readouterr().out
     assert module.main(["--eval-dir", str(tmp_path)]) == out
+
+
+def test_failures_benchmark_reads_a_training_runs_rollouts(tmp_path, capsys):
+    """--rollouts classifies the runs a training step logged, restricted to the last steps."""
+    from trainer_helpers import first_letter_reward, tiny_config
+
+    from agentflow.trainer import build_trainer
+
+    run_dir = build_trainer(tiny_config(tmp_path, max_steps=2), reward_fn=first_letter_reward).train()
+    spec = importlib.util.spec_from_file_location("failures", SCRIPT.parent / "failures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--rollouts", str(run_dir), "--last-steps", "1"])
+    assert list(out) == ["rollouts steps 2-2"]
+    assert out["rollouts steps 2-2"]["all"]["runs"] == 8  # the 8 runs of step 2 only
+    assert json.loads((run_dir / "failures.json").read_text()) == out
