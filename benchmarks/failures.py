@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="a FlowGRPOConfig YAML (as benchmarks/learning.py)")
     p.add_argument("--n-test", type=int, default=None, help="held-out items (default: the config's eval_limit)")
-    p.add_argument("--checkpoint", default=None, help="a training run dir: evaluate its latest checkpoint's planner")
+    p.add_argument("--checkpoint", default=None,
+                   help="a training run dir: evaluate its latest checkpoint's planner, built as that run's config says")
     p.add_argument("--eval-dir", default=None, help="classify the rows of toolmix__*.jsonl files here instead of running")
     p.add_argument("--rollouts", default=None, help="classify this training run's rollouts.jsonl instead of running")
     p.add_argument("--last-steps", type=int, default=None, help="with --rollouts: only the last N logged steps")
@@ -92,6 +93,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     config = FlowGRPOConfig.from_yaml(args.config).to_dict()
+    if args.checkpoint:
+        # the trained planner needs the model, tools and LoRA layout it was trained with;
+        # the held-out items stay those of --config
+        trained = FlowGRPOConfig.from_yaml(Path(args.checkpoint) / "config.yaml").to_dict()
+        config = {**trained, **{k: config[k] for k in ("eval_dataset", "eval_split", "eval_limit")},
+                  "resume_from": args.checkpoint}
     config.update(eval_dataset=config.get("eval_dataset") or config["dataset"], eval_every=0, run_name="failures")
     if args.n_test is not None:
         config["eval_limit"] = args.n_test
@@ -99,8 +106,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config.update(QUICK, eval_limit=min(args.n_test or 6, 6))
     if args.tiny:
         config["model"] = "tiny"
-    if args.checkpoint:
-        config["resume_from"] = args.checkpoint
     max_turns = int(config["max_turns"])
 
     sources: list[tuple[str, list[dict[str, Any]], int]] = []  # (name, rows, turn budget)

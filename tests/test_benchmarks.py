@@ -75,7 +75,8 @@ def test_failures_benchmark_quick_mode(tmp_path, capsys):
 
 
 def test_failures_benchmark_reads_a_training_runs_rollouts(tmp_path, capsys):
-    """--rollouts classifies the runs a training step logged, restricted to the last steps."""
+    """--rollouts classifies the runs a training step logged, restricted to the last steps;
+    --checkpoint evaluates the trained planner built as its run was."""
     from trainer_helpers import first_letter_reward, tiny_config
 
     from agentflow.trainer import build_trainer
@@ -88,3 +89,5 @@ def test_failures_benchmark_reads_a_training_runs_rollouts(tmp_path, capsys):
     assert list(out) == ["rollouts steps 2-2"]
     assert out["rollouts steps 2-2"]["all"]["runs"] == 8  # the 8 runs of step 2 only
     assert json.loads((run_dir / "failures.json").read_text()) == out
+    trained = module.main(["--quick", "--checkpoint", str(run_dir), "--output", str(tmp_path / "trained")])
+    assert trained["toolmix__trained__turns1"]["all"]["runs"] == 6  # built as the run was (tiny model, 1 turn)
