@@ -53,3 +53,41 @@ def test_learning_benchmark_quick_mode(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1])["n_test"] == 4
     assert any(line.startswith("| accuracy |") for line in lines)
+
+
+def test_failures_benchmark_quick_mode(tmp_path, capsys):
+    """benchmarks/failures.py runs the system on held-out ToolMix items, writes eval rows the
+    report viewer reads, and reading those rows back (--eval-dir) gives the same tables."""
+    spec = importlib.util.spec_from_file_location("failures", SCRIPT.parent / "failures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--tiny", "--output", str(tmp_path)])
+    (name,) = out
+    assert name == "toolmix__untrained__turns2"
+    report = out[name]
+    assert report["all"]["runs"] == 6 and sum(report[t]["runs"] for t in report if t != "all") == 6
+    assert sum(report["all"]["classes"].values()) == report["all"]["failed"]
+    rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert all(row["type"] and row["tools_needed"] and isinstance(row["memory"], list) for row in rows)
+    assert json.loads((tmp_path / "failures.json").read_text()) == out
+    assert "### first tool chosen" in capsys.readouterr().out
+    assert module.main(["--eval-dir", str(tmp_path)]) == out
+
+
+def test_failures_benchmark_reads_a_training_runs_rollouts(tmp_path, capsys):
+    """--rollouts classifies the runs a training step logged, restricted to the last steps;
+    --checkpoint evaluates the trained planner built as its run was."""
+    from trainer_helpers import first_letter_reward, tiny_config
+
+    from agentflow.trainer import build_trainer
+
+    run_dir = build_trainer(tiny_config(tmp_path, max_steps=2), reward_fn=first_letter_reward).train()
+    spec = importlib.util.spec_from_file_location("failures", SCRIPT.parent / "failures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--rollouts", str(run_dir), "--last-steps", "1"])
+    assert list(out) == ["rollouts steps 2-2"]
+    assert out["rollouts steps 2-2"]["all"]["runs"] == 8  # the 8 runs of step 2 only
+    assert json.loads((run_dir / "failures.json").read_text()) == out
+    trained = module.main(["--quick", "--checkpoint", str(run_dir), "--output", str(tmp_path / "trained")])
+    assert trained["toolmix__trained__turns1"]["all"]["runs"] == 6  # built as the run was (tiny model, 1 turn)

@@ -1,5 +1,6 @@
 """One Flow-GRPO step under `accelerate launch` with 2 CPU processes (gloo): each rank rolls
-out its shard of queries, gradients are all-reduced, both ranks end with identical weights."""
+out its shard of queries, gradients are all-reduced, both ranks end with identical weights,
+and rank 0 logs every rank's runs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from agentflow.models import tiny_model
 from agentflow.trainer import read_metrics
+from agentflow.trainer.rollout import read_rollouts
 
 _WORKER = """
 import sys
@@ -49,3 +51,5 @@ def test_two_process_step_keeps_ranks_identical(tmp_path):
     assert not all(torch.equal(a, b.detach()) for a, b in zip(rank0, initial))  # an update happened
     (metrics,) = read_metrics(tmp_path / "runs" / "run")
     assert metrics["processes"] == 2 and metrics["runs"] == 8  # both ranks' runs counted
+    rollouts = read_rollouts(tmp_path / "runs" / "run")  # gathered to rank 0, written once
+    assert sorted((r["query_index"], r["sample"]) for r in rollouts) == [(q, g) for q in (0, 1) for g in range(4)]

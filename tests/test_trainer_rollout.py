@@ -1,17 +1,23 @@
-"""Rollout capture: exact planner tokens from the live graph; failures count as reward 0."""
+"""Rollout capture: exact planner tokens from the live graph; failures count as reward 0;
+every step's runs logged to rollouts.jsonl, once per step even across a resume."""
 
 from __future__ import annotations
 
+import json
 import operator
 from typing import Annotated, TypedDict
+
+import pytest
 
 from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, StateGraph
 from transformers import AutoTokenizer
 
+from agentflow.evals.viewer import collect
 from agentflow.models import GenerationEngine, LocalChatModel, resolve_model_path, tiny_model
-from agentflow.trainer import build_trainer, collect_rollouts
-from trainer_helpers import tiny_config
+from agentflow.trainer import RunResult, build_trainer, collect_rollouts, read_metrics
+from agentflow.trainer.rollout import ROLLOUTS_FILE, read_rollouts, rollout_row
+from trainer_helpers import first_letter_reward, tiny_config
 
 
 class _State(TypedDict, total=False):
@@ -89,3 +95,51 @@ def test_failed_runs_are_counted_in_step_metrics(tmp_path):
     metrics = trainer.step(1)
     assert metrics["runs"] == 8 and metrics["failed_runs"] == 4
     assert metrics["reward_mean"] == 0.5
+
+
+TURN_FIELDS = {"turn", "sub_goal", "tool", "command", "result", "error", "verdict"}
+
+
+def test_each_step_appends_its_runs_to_rollouts_jsonl(tmp_path):
+    trainer = build_trainer(tiny_config(tmp_path, max_steps=2), reward_fn=first_letter_reward)
+    run_dir = trainer.train()
+    rows = read_rollouts(run_dir)
+    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8  # Q=2 queries x G=4 runs per step
+    items = {item["query"]: item for item in trainer.train_items}
+    for r in rows:
+        item = items[r["query"]]
+        assert (r["gold"], r["type"], r["pid"]) == (item["answer"], item["type"], item["pid"])
+        assert r["failed"] is False and r["error"] is None and isinstance(r["response"], str)
+        assert r["turns"] and all(set(t) == TURN_FIELDS for t in r["turns"])
+        assert r["turns"][-1]["verdict"] == r["verdict"]
+        assert r["reward"] == first_letter_reward({"memory": [{"sub_goal": r["turns"][0]["sub_goal"]}]}, item)
+    metrics = read_metrics(run_dir)
+    for m in metrics:  # the logged rows are the runs the step trained on
+        step_rewards = [r["reward"] for r in rows if r["step"] == m["step"]]
+        assert m["reward_mean"] == pytest.approx(sum(step_rewards) / len(step_rewards))
+    shown = [i for i in collect([run_dir])["items"] if i.get("step") is not None]  # the report viewer reads them
+    assert len(shown) == 16 and all(i["memory"] and i["gold"] for i in shown)
+
+
+def test_resumed_run_does_not_log_a_step_twice(tmp_path):
+    first = build_trainer(tiny_config(tmp_path, max_steps=1), reward_fn=first_letter_reward)
+    run_dir = first.train()  # checkpoint at step 1
+    first.step(2)  # step 2 rolls out and logs, then the process "dies" before its checkpoint
+    with (run_dir / ROLLOUTS_FILE).open("a") as f:
+        f.write('{"step": 3, "query": "torn li')  # killed mid-write
+    assert sum(r["step"] == 2 for r in read_rollouts(run_dir)) == 8
+    resumed = build_trainer(tiny_config(tmp_path, max_steps=2, resume_from=str(run_dir)), reward_fn=first_letter_reward)
+    resumed.train()
+    lines = (run_dir / ROLLOUTS_FILE).read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # the torn line is gone, every line parses
+    assert [json.loads(line)["step"] for line in lines] == [1] * 8 + [2] * 8
+
+
+def test_rollout_row_gives_each_turn_its_verdict():
+    memory = [{"turn": t, "sub_goal": "s", "tool_name": "calculator", "command": "{}", "result": "1", "error": None}
+              for t in (1, 2, 3)]
+    run = RunResult(0, {"query": "q", "answer": "1"}, [], 1.0, n_turns=3, verdict="STOP", memory=memory)
+    row = rollout_row(run, step=5, query_index=1, sample=2)
+    assert [t["verdict"] for t in row["turns"]] == ["CONTINUE", "CONTINUE", "STOP"]  # only STOP ends the loop early
+    assert "type" not in row and "pid" not in row  # only what the item has
+    assert (row["step"], row["query_index"], row["sample"], row["gold"]) == (5, 1, 2, "1")

@@ -60,7 +60,7 @@ from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fas
 from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.metrics import MetricsLogger
-from agentflow.trainer.rollout import RewardFn, RunResult, collect_rollouts
+from agentflow.trainer.rollout import RewardFn, RolloutLog, RunResult, collect_rollouts, rollout_row
 
 # ---------------------------------------------------------------------------------------
 # The math, as plain functions (unit-tested against hand-computed values)
@@ -281,6 +281,7 @@ class FlowGRPOTrainer:
         self.step_done = 0
         self.run_dir = self._make_run_dir()
         self.logger = MetricsLogger(self.run_dir, config.trackers, config.to_dict()) if self.is_main else None
+        self.rollout_log = RolloutLog(self.run_dir) if self.is_main else None
         if config.resume_from:
             self._resume(Path(config.resume_from))
 
@@ -316,6 +317,8 @@ class FlowGRPOTrainer:
         self.step_done = int(state["step"])
         if self.logger is not None:
             self.logger.truncate_after(self.step_done)
+        if self.rollout_log is not None:
+            self.rollout_log.truncate_after(self.step_done)
 
     def save(self) -> Path:
         return save_checkpoint(
@@ -386,6 +389,7 @@ class FlowGRPOTrainer:
         )
         rollout_time = time.perf_counter() - start
         generated = sum(e.tokens for e in self.engines) - tokens_before
+        self._log_rollouts(step, groups)
         samples, adv_stats = build_samples(groups, cfg)
         start = time.perf_counter()
         update = self.update(samples)
@@ -503,6 +507,18 @@ class FlowGRPOTrainer:
         runs = self.greedy_runs(self.eval_items[self.rank :: self.world])
         rewards = [r for part in _gather([run.reward for run in runs], self.world) for r in part]
         return {"eval_accuracy": float(np.mean(rewards)) if rewards else float("nan"), "eval_items": len(rewards)}
+
+    def _log_rollouts(self, step: int, groups: list[list[RunResult]]) -> None:
+        """Append this step's graph runs to rollouts.jsonl (docs/design.md §8): gathered from
+        every process, written by the main one only. `query_index` is the query's position
+        among the step's queries (`_step_items` gives process r the queries r, r + world, ...)."""
+        rows = [
+            rollout_row(run, step, self.rank + q * self.world, sample)
+            for q, group in enumerate(groups) for sample, run in enumerate(group)
+        ]
+        rows = [row for part in _gather(rows, self.world) for row in part]
+        if self.rollout_log is not None:
+            self.rollout_log.append(sorted(rows, key=lambda r: (r["query_index"], r["sample"])))
 
     def _metrics(
         self, step: int, groups: list[list[RunResult]], adv: dict[str, float], update: dict[str, float],

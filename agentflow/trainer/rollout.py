@@ -8,14 +8,21 @@ inside the planner node (`langgraph_node`), and on `on_llm_end` takes the token 
 sampling log-probs that `LocalChatModel` puts in `generation_info`. One recorder per
 run means no run-id bookkeeping across concurrent runs, and the tokens trained on are
 exactly the ones sampled (never decoded and re-encoded).
+
+Each `RunResult` also keeps what the run did (memory, final verdict, the generator's
+response), so a training step can log its trajectories (`rollout_row`, `RolloutLog`:
+`<run_dir>/rollouts.jsonl`, docs/design.md §8) and failures can be classified from them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -49,6 +56,9 @@ class RunResult:
     tool_errors: int = 0
     tools: Counter = field(default_factory=Counter)  # tool name -> calls, from memory records
     answer: str = ""
+    response: str = ""  # the generator's raw text
+    verdict: str | None = None  # the verifier's last verdict (CONTINUE when the turn budget ended the run)
+    memory: list[dict[str, Any]] = field(default_factory=list)  # the run's memory records (docs/design.md §1)
 
 
 class PlannerRecorder(BaseCallbackHandler):
@@ -157,6 +167,9 @@ def _score_run(
         tool_errors=int(state.get("tool_errors", 0)),
         tools=Counter(record.get("tool_name") or "<none>" for record in memory),
         answer=str(state.get("answer", "")),
+        response=str(state.get("response", "")),
+        verdict=state.get("verdict"),
+        memory=[dict(record) for record in memory],
     )
     try:
         result.reward = float(reward_fn(state, item))
@@ -166,3 +179,99 @@ def _score_run(
         result.reward, result.failed, result.error = 0.0, True, f"reward: {type(e).__name__}: {e}"
     return result
 
+
+
+# ---------------------------------------------------------------------------------------
+# Rollout logs: <run_dir>/rollouts.jsonl (docs/design.md §8)
+# ---------------------------------------------------------------------------------------
+
+ROLLOUTS_FILE = "rollouts.jsonl"  # the name agentflow.evals.viewer looks for
+
+
+def rollout_row(run: RunResult, step: int, query_index: int, sample: int) -> dict[str, Any]:
+    """One graph run as one JSON-ready object, in the field names the report viewer reads.
+
+    The memory records become `turns`, each with the verifier's verdict after that turn.
+    The state keeps only the last verdict, but the graph's one loop (docs/design.md §2)
+    means every turn but the last was followed by CONTINUE (STOP routes to the generator),
+    and the last turn's verdict is the state's. A run that raised has no state: no turns.
+    """
+    last = len(run.memory) - 1
+    turns = [
+        {
+            "turn": record.get("turn", i + 1),
+            "sub_goal": record.get("sub_goal", ""),
+            "tool": record.get("tool_name", ""),
+            "command": record.get("command", ""),
+            "result": record.get("result", ""),
+            "error": record.get("error"),
+            "verdict": run.verdict if i == last else "CONTINUE",
+        }
+        for i, record in enumerate(run.memory)
+    ]
+    row: dict[str, Any] = {"step": step, "query_index": query_index, "sample": sample}
+    if "pid" in run.item:
+        row["pid"] = run.item["pid"]
+    row.update({
+        "query": run.item.get("query", ""),
+        "gold": run.item.get("answer"),
+    })
+    if "type" in run.item:
+        row["type"] = run.item["type"]
+    row.update({
+        "reward": run.reward,
+        "answer": run.answer,
+        "response": run.response,
+        "verdict": run.verdict,
+        "n_turns": run.n_turns,
+        "tool_errors": run.tool_errors,
+        "failed": run.failed,
+        "error": run.error,
+        "turns": turns,
+    })
+    return row
+
+
+class RolloutLog:
+    """Appends each training step's graph runs to `<run_dir>/rollouts.jsonl`.
+
+    One write and flush per step, so an interrupted run leaves whole lines (at worst a
+    torn last line, which readers skip). `truncate_after(step)` on resume drops the rows
+    of steps after the checkpoint, as `MetricsLogger.truncate_after` does for metrics,
+    so a resumed run never logs a step twice.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / ROLLOUTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [row for row in read_rollouts(self.path.parent) if row.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def read_rollouts(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of `<run_dir>/rollouts.jsonl`; a torn line (a run killed mid-write) is skipped."""
+    path = Path(run_dir) / ROLLOUTS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
