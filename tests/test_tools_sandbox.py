@@ -326,11 +326,19 @@ def test_tmp_and_working_folder_are_private_and_fresh() -> None:
         "open('note.txt', 'w').write('y')\n"
         "print(sorted(os.listdir('.')), os.listdir('/dev/shm'))\n"
     )
+    # A runtime installed under /tmp (a venv in a checkout there) is bound read-only at its
+    # own path, so the first folder of that path shows in the private /tmp too.
+    runtime = sorted({Path(p).relative_to("/tmp").parts[0] for p in _runtime_paths() if Path(p).is_relative_to("/tmp")})
     first = _tool().invoke({"code": code}).splitlines()
-    assert first == ["/tmp ['main.py'] []", f"{sorted(['main.py', 'note.txt', name])} [{name!r}]"]
+    assert first == [f"/tmp {sorted(['main.py', *runtime])} []", f"{sorted(['main.py', 'note.txt', name, *runtime])} [{name!r}]"]
     for host_folder in {tempfile.gettempdir(), "/tmp", "/dev/shm"}:
         assert not (Path(host_folder) / name).exists()
     assert _tool().invoke({"code": code}).splitlines() == first
+
+
+def _runtime_paths() -> list[str]:
+    """What the sandbox binds for the interpreter: its prefixes, executable and package folders."""
+    return [sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *python_sandbox.site_dirs()]
 
 
 def _outside_sandbox_tmp(folders: list[str]) -> list[str]:
@@ -395,8 +403,9 @@ def test_files_outside_the_sandbox_cannot_be_read(planted: Path) -> None:
 @needs_namespaces
 def test_only_the_runtime_is_visible() -> None:
     """Listing /, the homes, /work and the project shows nothing but the way to the interpreter."""
-    needed = [sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *python_sandbox.site_dirs()]
-    folders = _outside_sandbox_tmp(["/", "/home", "/root", "/work", str(Path.home()), str(REPO), str(REPO.parent)])
+    needed = _runtime_paths()
+    # The project is listed wherever it is (under /tmp too: only a bound venv may show there).
+    folders = [*_outside_sandbox_tmp(["/", "/home", "/root", "/work", str(Path.home()), str(REPO.parent)]), str(REPO)]
     code = (
         "import json, os\n"
         "listing = {}\n"
