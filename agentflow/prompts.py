@@ -57,6 +57,24 @@ Context: {context}"""
 
 EXECUTOR_PREFIX = ""
 
+# One worked call for the tools whose arguments a small model gets wrong. Shown only
+# `{"query": "..."}`, the 135M executor searched for the number in the question ("2018")
+# instead of the town's name in 52 of 65 ToolMix look-ups; with this example, look-ups
+# whose search query named nothing useful fell from 18 to 6 of 28 (benchmarks/failures.py,
+# docs/design.md §1). Appended to EXECUTOR_SYSTEM for the tools listed here.
+EXECUTOR_EXAMPLE = """
+
+Example:
+Sub-Goal: {sub_goal}
+{call}
+
+Use the names and numbers from the sub-goal and the question."""
+
+EXECUTOR_EXAMPLES = {
+    "local_search": ("Find the founding year of Velmora.", '{"query": "Velmora founded"}'),
+    "calculator": ("Multiply 4821 by 377.", '{"expression": "4821 * 377"}'),
+}
+
 VERIFIER_SYSTEM = """You decide if the question is already answered by the results of the steps.
 Reply STOP if a result answers the question, CONTINUE if more work is needed.
 End with exactly one line: Conclusion: STOP or Conclusion: CONTINUE"""

@@ -147,6 +147,9 @@ def _execute(
     system = prompts.EXECUTOR_SYSTEM.format(
         tool_name=tool.name, tool_card=f"{card['description']}\nArguments: {args_hint}", example=example
     )
+    if tool.name in prompts.EXECUTOR_EXAMPLES:
+        goal, call = prompts.EXECUTOR_EXAMPLES[tool.name]
+        system += prompts.EXECUTOR_EXAMPLE.format(sub_goal=goal, call=call)
     user = prompts.EXECUTOR_USER.format(
         query=question_only(state["query"]), sub_goal=record["sub_goal"], context=state.get("context") or "none"
     )
