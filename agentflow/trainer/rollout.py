@@ -29,6 +29,8 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
 
+from agentflow.evals.jsonl import read_jsonl
+
 RewardFn = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
 
 
@@ -264,14 +266,4 @@ class RolloutLog:
 def read_rollouts(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of `<run_dir>/rollouts.jsonl`; a torn line (a run killed mid-write) is skipped."""
     path = Path(run_dir) / ROLLOUTS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(path) if path.exists() else []
