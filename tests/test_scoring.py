@@ -11,12 +11,10 @@ from hypothesis import strategies as st
 
 from agentflow.evals.scoring import (
     BENCHMARK_SCORER,
-    JUDGE_PROMPT,
     SCORERS,
     check_24,
     exact_match,
     extract_24_expression,
-    extract_answer,
     extract_boxed,
     f1,
     gold_aliases,
@@ -25,6 +23,8 @@ from agentflow.evals.scoring import (
     option_texts,
     score,
 )
+from agentflow.extract import extract_answer
+from agentflow.prompts import JUDGE_PROMPT
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 SHIPPED = ["bamboogle", "2wiki", "hotpotqa", "musique", "aime24", "amc23", "gameof24", "medqa"]
