@@ -91,7 +91,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 _PANELS: dict[str, tuple[str, list[str]]] = {
     "reward": ("Mean reward", ["reward_mean"]),
     "accuracy": ("Accuracy", ["accuracy", "eval_accuracy"]),
-    "tool_error_rate": ("Tool-call error rate (tool_errors / turns)", ["tool_error_rate"]),
+    "tool_error_rate": ("Tool-call error rate (failed tool calls / tool calls)", ["tool_error_rate"]),
     "kl": ("KL to reference (k3)", ["kl"]),
 }
 
