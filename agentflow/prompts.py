@@ -5,7 +5,10 @@ with `Context / Sub-Goal / Tool Name`, the verifier with `Conclusion: STOP|CONTI
 the generator answers from memory. The wording is written for small models too: the
 default planner is a 135M model, which follows a format far better when it sees one
 worked example and when its turn is started for it (docs/design.md §1). Each prompt is a
-template filled with `str.format`; `*_PREFIX` strings start the assistant's turn.
+template filled with `str.format`; `*_PREFIX` strings start the assistant's turn, and the
+`*_SHOT*` / `*_REMINDER` texts stand in for that start with served models, which cannot
+continue a started turn. Where each module's reply ends (its stop rule) is defined beside
+its parser, in `agentflow/nodes/stops.py`.
 """
 
 PLANNER_SYSTEM = """You are the planner of a team that answers questions with tools.
@@ -103,10 +106,6 @@ ANSWER_INSTRUCTION = (
     "Do not generate any content after the </answer> tag."
 )
 
-# The generator's reply ends at its first blank line: a small model runs on past its answer
-# and starts writing "Step 2: ..." (measured on ToolMix: "155119\n\nStep 2: What is ...").
-GENERATOR_STOP = ("\n\n",)
-
 GENERATOR_USER = """Question: {query}
 
 Steps so far:
@@ -181,3 +180,40 @@ or
 true_false: False"""
 """Modelled on the published AgentFlow protocol (GPT-4o asked whether the response is
 equivalent to the ground truth, replying with an analysis and a True/False verdict)."""
+
+# --------------------------------------------------------------------------- served models
+# Served chat APIs do not continue a started assistant turn (docs/design.md §1), and without
+# `Sub-Goal:` to continue, the 135M planner answered the question instead of planning. Served
+# modules get the same system prompt, then worked exchanges as real chat turns (a user turn
+# in the module's own format, the assistant reply its contract wants), then the real user
+# turn ending with a format reminder. The planner's and executor's exchanges are built from
+# PLANNER_EXAMPLES / EXECUTOR_EXAMPLES, one per kind of tool, as in their system prompts.
+
+PLANNER_SHOT_REPLY = """Sub-Goal: {sub_goal}
+Tool Name: {tool}
+Context: none"""
+
+PLANNER_REMINDER = """
+
+Reply with exactly three lines: Sub-Goal: ..., Tool Name: ..., Context: ..."""
+
+EXECUTOR_REMINDER = """
+
+Reply with only the JSON arguments of the {tool_name} call."""
+
+# (question, steps so far, conclusion): one exchange per outcome, the answered one last.
+VERIFIER_SHOTS = (
+    ("When was the town of Velmora founded?", "(none yet)", "Conclusion: CONTINUE"),
+    (
+        "What is 4821 * 377?",
+        """Step 1: Multiply 4821 by 377.
+  Tool Name: calculator
+  Command: {"expression": "4821 * 377"}
+  Result: 1817517""",
+        "Conclusion: STOP",
+    ),
+)
+
+VERIFIER_REMINDER = """
+
+Reply with one line: Conclusion: STOP or Conclusion: CONTINUE"""

@@ -31,6 +31,10 @@ class LocalChatModel(BaseChatModel):
     chat template is rendered up to the assistant turn, the prefix appended, and the
     model continues it. The planner uses this to start its turn with `Sub-Goal:`,
     which is what makes a 135M model follow the output contract (docs/design.md §1).
+
+    Besides `stop` strings, a call may pass `stop_when`, a predicate on the decoded
+    completion checked after every token (the modules' stop rules: a complete JSON
+    object is no fixed string).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -40,6 +44,9 @@ class LocalChatModel(BaseChatModel):
     engine: GenerationBackend
     # The graph's nodes start a reply only for models that continue a trailing AIMessage.
     continues_final_message: bool = True
+    # ... and pass their stop predicate (`stop_when=`, docs/design.md §1) only to models that
+    # take one; a served model would send an unknown field to its API.
+    takes_stop_when: bool = True
     model_name: str = DEFAULT_MODEL
     temperature: float = 0.0
     top_p: float = 1.0
@@ -95,6 +102,7 @@ class LocalChatModel(BaseChatModel):
             top_p=kwargs.get("top_p", self.top_p),
             seed=kwargs.get("seed"),
             stop=tuple(stop or ()),
+            stop_when=kwargs.get("stop_when"),
         )
         out = self.engine.generate(prompt_ids, params)
         text = self.tokenizer.decode(out.completion_ids, skip_special_tokens=True)

@@ -22,6 +22,7 @@ from langchain_core.tools import BaseTool
 
 from agentflow import prompts
 from agentflow.extract import extract_answer, question_only, wants_answer_tags
+from agentflow.nodes import stops
 from agentflow.nodes.parsing import parse_planner, parse_tool_arguments, parse_verifier
 from agentflow.state import AgentFlowState, MemoryRecord
 from agentflow.tools.cards import render_tool_cards, tool_card
@@ -53,45 +54,87 @@ def _text(message: BaseMessage) -> str:
     return message.content if isinstance(message.content, str) else str(message.content)
 
 
+Shot = tuple[str, str]  # a worked exchange: (user turn, assistant reply)
+
+
 def _call(
-    llm: BaseChatModel, system: str, user: str, prefix: str, config: RunnableConfig, stop: Sequence[str] = ()
+    llm: BaseChatModel,
+    system: str,
+    user: str,
+    prefix: str,
+    config: RunnableConfig,
+    rule: stops.StopRule,
+    shots: Sequence[Shot] = (),
+    reminder: str = "",
 ) -> str:
-    """One chat call. A non-empty `prefix` starts the assistant's turn, but only for
-    models that continue a trailing AI message (`continues_final_message`, e.g.
-    LocalChatModel); API chat models such as ChatOpenAI would answer it as a finished
-    turn, so they get the plain conversation and write the whole reply themselves.
-    `stop` is for those same small local models (they run on past their answer); API
-    models end their own turn and get no stop sequences."""
-    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
-    if not getattr(llm, "continues_final_message", False):
-        return _text(llm.invoke(messages, config))
-    if prefix:
-        messages.append(AIMessage(prefix))
-    return prefix + _text(llm.invoke(messages, config, stop=list(stop) or None))
+    """One chat call, read up to where the module's stop rule says the reply ends.
+
+    A model that continues a trailing AI message (`continues_final_message`, e.g.
+    LocalChatModel) gets `prefix` as the start of its reply and, where it takes one
+    (`takes_stop_when`), the rule's end as a stop predicate checked after every token. A
+    served chat API would answer a trailing AI message as a finished turn, so it gets no
+    prefix but the worked `shots` as real user/assistant turns and the format `reminder`
+    after the question (docs/design.md §1). Both get the rule's stop strings (the OpenAI
+    `stop` parameter for a served model); a served reply, which no predicate could stop,
+    is cut where the rule says, like every reply (`StopRule.cut`, docs/design.md §1)."""
+    local = bool(getattr(llm, "continues_final_message", False))
+    stop = rule.stop_strings(local)
+    if local:
+        messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
+        if prefix:
+            messages.append(AIMessage(prefix))
+        kwargs: dict[str, Any] = {}
+        if rule.end is not None and getattr(llm, "takes_stop_when", False):
+            end = rule.end
+            kwargs["stop_when"] = lambda completion: end(prefix + completion) is not None
+        reply = prefix + _text(llm.invoke(messages, config, stop=stop, **kwargs))
+    else:
+        messages = [SystemMessage(system)]
+        for shot_user, shot_reply in shots:
+            messages += [HumanMessage(shot_user), AIMessage(shot_reply)]
+        messages.append(HumanMessage(user + reminder))
+        reply = _text(llm.invoke(messages, config, stop=stop))
+    return rule.cut(reply, local)
 
 
-def planner_system_prompt(tools: Sequence[BaseTool]) -> str:
-    """The planner's system prompt: tool cards, names, one example per kind of tool."""
+def _planner_examples(tools: Sequence[BaseTool]) -> list[tuple[str, str, str]]:
+    """(question, sub-goal, tool) per kind of tool the planner has, from PLANNER_EXAMPLES."""
     names = [t.name for t in tools]
     shown = [n for n in names if n in prompts.PLANNER_EXAMPLES]
     if "calculator" in shown and "python" in shown:
         shown.remove("python")  # the same arithmetic example twice teaches nothing
     arithmetic = prompts.PLANNER_EXAMPLES["calculator"]
+    return [(q, g, name) for name in (shown or names[:1]) for q, g in [prompts.PLANNER_EXAMPLES.get(name, arithmetic)]]
+
+
+def planner_system_prompt(tools: Sequence[BaseTool]) -> str:
+    """The planner's system prompt: tool cards, names, one example per kind of tool."""
     examples = "\n\n".join(
-        prompts.PLANNER_EXAMPLE.format(question=q, sub_goal=g, tool=name)
-        for name in (shown or names[:1])
-        for q, g in [prompts.PLANNER_EXAMPLES.get(name, arithmetic)]
+        prompts.PLANNER_EXAMPLE.format(question=q, sub_goal=g, tool=name) for q, g, name in _planner_examples(tools)
     )
-    return prompts.PLANNER_SYSTEM.format(tool_cards=render_tool_cards(tools), tool_names=", ".join(names), examples=examples)
+    names = ", ".join(t.name for t in tools)
+    return prompts.PLANNER_SYSTEM.format(tool_cards=render_tool_cards(tools), tool_names=names, examples=examples)
+
+
+def planner_shots(tools: Sequence[BaseTool]) -> list[Shot]:
+    """The planner's worked exchanges for served models: the system prompt's examples as
+    chat turns, each a first turn (no steps yet)."""
+    return [
+        (prompts.PLANNER_USER.format(query=q, memory=prompts.NO_STEPS),
+         prompts.PLANNER_SHOT_REPLY.format(sub_goal=g, tool=name))
+        for q, g, name in _planner_examples(tools)
+    ]
 
 
 def make_planner(llm: BaseChatModel, tools: Sequence[BaseTool]) -> Node:
     names = [t.name for t in tools]
     system = planner_system_prompt(tools)
+    shots = planner_shots(tools)
 
     def planner(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
         user = prompts.PLANNER_USER.format(query=question_only(state["query"]), memory=render_memory(state.get("memory", [])))
-        action = parse_planner(_call(llm, system, user, prompts.PLANNER_PREFIX, config), names)
+        reply = _call(llm, system, user, prompts.PLANNER_PREFIX, config, stops.PLANNER, shots, prompts.PLANNER_REMINDER)
+        action = parse_planner(reply, names)
         update: dict[str, Any] = {
             "turn": state.get("turn", 0) + 1,
             "sub_goal": action.sub_goal,
@@ -147,13 +190,19 @@ def _execute(
     system = prompts.EXECUTOR_SYSTEM.format(
         tool_name=tool.name, tool_card=f"{card['description']}\nArguments: {args_hint}", example=example
     )
+    shots: list[Shot] = []
     if tool.name in prompts.EXECUTOR_EXAMPLES:
         goal, call = prompts.EXECUTOR_EXAMPLES[tool.name]
         system += prompts.EXECUTOR_EXAMPLE.format(sub_goal=goal, call=call)
+        # served models: the same worked call as an exchange, its question the planner
+        # example's whose sub-goal it is
+        question = next((q for q, g in prompts.PLANNER_EXAMPLES.values() if g == goal), goal)
+        shots.append((prompts.EXECUTOR_USER.format(query=question, sub_goal=goal, context="none"), call))
     user = prompts.EXECUTOR_USER.format(
         query=question_only(state["query"]), sub_goal=record["sub_goal"], context=state.get("context") or "none"
     )
-    parsed = parse_tool_arguments(_call(llm, system, user, prefix, config), tool)
+    reminder = prompts.EXECUTOR_REMINDER.format(tool_name=tool.name)
+    parsed = parse_tool_arguments(_call(llm, system, user, prefix, config, stops.EXECUTOR, shots, reminder), tool)
     if parsed.args is None:
         record["error"] = parsed.error
         return
@@ -172,10 +221,17 @@ def _execute(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+VERIFIER_SHOTS: list[Shot] = [
+    (prompts.VERIFIER_USER.format(query=query, memory=memory), reply) for query, memory, reply in prompts.VERIFIER_SHOTS
+]
+
+
 def make_verifier(llm: BaseChatModel) -> Node:
     def verifier(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
         user = prompts.VERIFIER_USER.format(query=question_only(state["query"]), memory=render_memory(state.get("memory", [])))
-        verdict, _ = parse_verifier(_call(llm, prompts.VERIFIER_SYSTEM, user, prompts.VERIFIER_PREFIX, config))
+        reply = _call(llm, prompts.VERIFIER_SYSTEM, user, prompts.VERIFIER_PREFIX, config, stops.VERIFIER,
+                      VERIFIER_SHOTS, prompts.VERIFIER_REMINDER)
+        verdict, _ = parse_verifier(reply)
         return {"verdict": verdict}
 
     return verifier
@@ -188,7 +244,7 @@ def make_generator(llm: BaseChatModel) -> Node:
         # the tag instruction is in the system prompt; repeated in the question, a small
         # generator tends to echo it instead of answering
         user = prompts.GENERATOR_USER.format(query=question_only(query), memory=render_memory(state.get("memory", [])))
-        response = _call(llm, system, user, "", config, prompts.GENERATOR_STOP)
+        response = _call(llm, system, user, "", config, stops.GENERATOR)
         return {"response": response, "answer": extract_answer(response)}
 
     return generator

@@ -14,8 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from agentflow.extract import json_objects
 
+# A planner field's label at the start of a line ("Sub-Goal:", "**Tool Name**:", "- context:").
+# The planner's stop rule (nodes/stops.py) finds the end of the contract with the same pattern.
+PLANNER_LABEL = r"^[\s*#>-]*(context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]"
 _FIELD = re.compile(
-    r"(?im)^[\s*#>-]*(context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]\s*\**(.*?)\s*(?=^[\s*#>-]*(?:context|sub[- _]?goal|tool[ _]?name)\s*\**\s*[:：]|\Z)",
+    r"(?im)" + PLANNER_LABEL + r"\s*\**(.*?)\s*(?=" + PLANNER_LABEL.replace("(", "(?:", 1) + r"|\Z)",
     re.S,
 )
 
@@ -129,12 +132,16 @@ def _first_line(text: str) -> str:
     return " ".join(text.split("\n")[:3])
 
 
+# "Conclusion: STOP" (also "**Conclusion**: continue"); the verifier's stop rule uses it too.
+VERDICT = r"conclusion\s*\**\s*[:：]?\s*\**\s*(stop|continue)"
+
+
 def parse_verifier(text: str) -> tuple[str, bool]:
     """The last `Conclusion: STOP|CONTINUE` wins; unparsable means CONTINUE (as published).
 
     Returns the verdict and whether it was parsed.
     """
-    found = re.findall(r"conclusion\s*\**\s*[:：]?\s*\**\s*(stop|continue)", text or "", re.I)
+    found = re.findall(VERDICT, text or "", re.I)
     if not found:
         return "CONTINUE", False
     return found[-1].upper(), True

@@ -64,7 +64,8 @@ def sample(rows: Rows[SeededRow], logits: torch.Tensor) -> tuple[torch.Tensor, l
 
 def record(rows: Rows[Sequence], tokens: list[int], logprobs: list[float], eos_ids: set[int], tokenizer) -> None:
     """Append each row's token and log-prob, and say why it finished, if it did: "stop"
-    (an eos token, or a stop string in the decoded tail) or "length" (max_new_tokens)."""
+    (an eos token, a stop string in the decoded tail, or the request's `stop_when` true of
+    its decoded completion) or "length" (max_new_tokens)."""
     for seq, token, lp in zip(rows, tokens, logprobs):
         p = seq.params
         seq.completion_ids.append(token)
@@ -72,6 +73,8 @@ def record(rows: Rows[Sequence], tokens: list[int], logprobs: list[float], eos_i
         if token in eos_ids:
             seq.finish_reason = "stop"
         elif p.stop and _hit_stop(seq, tokenizer):
+            seq.finish_reason = "stop"
+        elif p.stop_when is not None and p.stop_when(tokenizer.decode(seq.completion_ids, skip_special_tokens=True)):
             seq.finish_reason = "stop"
         elif len(seq.completion_ids) >= p.max_new_tokens:
             seq.finish_reason = "length"

@@ -6,6 +6,7 @@ loading the local engine's machinery.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -20,6 +21,11 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # A stop condition no string can express (a module's contract is complete, e.g. one
+    # whole JSON object: docs/design.md §1): called with the decoded completion after
+    # every token; True finishes the request ("stop"). Must not raise. Backends that cannot
+    # run it (a served one) ignore it; the caller cuts the text instead.
+    stop_when: Callable[[str], bool] | None = None
 
 
 @dataclass
