@@ -91,6 +91,8 @@ def test_an_unknown_tracker_fails_at_load():
         ({"dataset": "no-such-benchmark"}, "dataset"),
         ({"dataset": "/nonexistent/train.jsonl"}, "dataset"),
         ({"reward": "no-such-scorer"}, "reward"),
+        ({"reward": "judge", "judge_model": "/no/such/judge"}, "judge_model"),  # loaded before the planner
+        ({"reward": "judge", "judge_model": "openai:m", "judge_base_url": "http://127.0.0.1:9/v1"}, "judge_model"),
     ],
 )
 def test_bad_data_or_reward_fails_before_loading_a_model(data, field):
@@ -115,3 +117,14 @@ def test_lora_config_carries_the_lora_fields():
     lora = FlowGRPOConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "v_proj"]).lora_config()
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (4, 8, 0.1)
     assert lora.target_modules == {"q_proj", "v_proj"} and lora.task_type == "CAUSAL_LM"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"reward": "judge"}, "reward: judge needs judge_model"),
+    ({"judge_model": "openai:m"}, "judge_model and judge_base_url are for reward: judge"),
+    ({"judge_base_url": "http://localhost:8000/v1"}, "would be unused"),
+])
+def test_a_judge_model_goes_with_reward_judge(data, message):
+    with pytest.raises(ConfigError, match=message):
+        FlowGRPOConfig(**data)
+    assert FlowGRPOConfig(reward="judge", judge_model="openai:m").judge_model == "openai:m"

@@ -4,7 +4,7 @@ Entry points for the CLI: `train_from_config`, `plot_run`, `sft_from_config`.
 The algorithm itself lives in `agentflow.trainer.flow_grpo`.
 """
 
-from agentflow.trainer.build import build_trainer, make_reward, train_from_config
+from agentflow.trainer.build import JudgeReward, build_trainer, config_reward, make_reward, train_from_config
 from agentflow.trainer.checkpoint import latest_checkpoint
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
@@ -16,10 +16,12 @@ __all__ = [
     "ConfigError",
     "FlowGRPOConfig",
     "FlowGRPOTrainer",
+    "JudgeReward",
     "PlannerRecorder",
     "RunResult",
     "build_trainer",
     "collect_rollouts",
+    "config_reward",
     "latest_checkpoint",
     "make_reward",
     "plot_run",

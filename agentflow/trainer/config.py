@@ -24,6 +24,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +57,12 @@ class FlowGRPOConfig(BaseModel):
     eval_dataset: str | None = None  # evaluated greedily every `eval_every` steps
     eval_split: str = "test"
     eval_limit: PositiveInt | None = 32
-    reward: str = "toolmix"  # scorer: a benchmark name or scorer kind of agentflow.evals.scoring
+    # scorer: a benchmark name or scorer kind of agentflow.evals.scoring (deterministic), or
+    # "judge": the published LLM-judge verdict of `judge_model` (docs/design.md §5), as
+    # `agentflow eval --judge-model` gives it, cached in the run directory (judge_cache.jsonl)
+    reward: str = "toolmix"
+    judge_model: str | None = None  # any model name the factory takes (local, or provider:model)
+    judge_base_url: str | None = None  # the judge's endpoint (default: base_url)
     answer_instruction: bool = True  # append the <answer></answer> instruction to queries
     tools: list[str] | None = None  # tool names (agentflow.tools.get_tools); None: default_tools
     corpus: str | None = None  # JSONL corpus for local_search; toolmix uses its own corpus
@@ -167,6 +173,15 @@ class FlowGRPOConfig(BaseModel):
                              "vLLM) and name it openai:NAME with a base URL")
         return model
 
+    @model_validator(mode="after")
+    def _judge_goes_with_its_reward(self) -> FlowGRPOConfig:
+        if self.reward == "judge" and not self.judge_model:
+            raise ValueError("reward: judge needs judge_model (a model name, e.g. openai:NAME with judge_base_url)")
+        if self.reward != "judge" and (self.judge_model or self.judge_base_url):
+            raise ValueError(f"judge_model and judge_base_url are for reward: judge; reward is {self.reward!r}, "
+                             "so they would be unused")
+        return self
+
     @field_validator("report_to")
     @classmethod
     def _trackers_available(cls, names: list[str]) -> list[str]:
@@ -240,6 +255,9 @@ def _explain(exc: ValidationError) -> str:
     known = list(FlowGRPOConfig.model_fields)
     lines = []
     for error in exc.errors(include_url=False):
+        if not error["loc"]:  # a rule over several fields (a model validator) names them itself
+            lines.append(f"config: {error['msg'].removeprefix('Value error, ')}")
+            continue
         name, *inner = error["loc"]
         if error["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(name), known, n=1)

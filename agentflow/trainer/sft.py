@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from agentflow.models import bf16_is_fast
-from agentflow.trainer.build import build_graph_and_models, load_datasets, make_reward
+from agentflow.trainer.build import JudgeReward, build_graph_and_models, config_reward, load_datasets, make_reward
 from agentflow.trainer.checkpoint import save_planner
 from agentflow.trainer.config import FlowGRPOConfig
 from agentflow.trainer.rollout import collect_rollouts
@@ -108,7 +108,11 @@ def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig
     graph, policy, _ = build_graph_and_models(config)
     order = np.random.default_rng(config.seed).permutation(len(train))[: config.sft_queries]
     items = [dict(train[int(i)]) for i in order]
-    turns, stats = collect_successful_turns(config, graph, make_reward(config.reward), items)
+    # reward: judge needs the whole config (judge_model) and caches its verdicts in the run dir
+    reward = make_reward(config.reward) if config.reward != "judge" else config_reward(config)
+    if isinstance(reward, JudgeReward):
+        reward.use_cache(run_dir)
+    turns, stats = collect_successful_turns(config, graph, reward, items)
     write_sft_data(run_dir, turns, policy.tokenizer)
     if not turns:
         (run_dir / "sft_stats.json").write_text(json.dumps(stats, indent=2))
