@@ -124,12 +124,21 @@ def run(
     if (tools is None or "python" in [t.strip() for t in tools.split(",")]) and (warning := sandbox_warning()):
         console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     final: dict[str, Any] = {}
-    for mode, chunk in graph.stream({"query": question}, stream_mode=["updates", "values"]):
-        if mode == "values":
-            final = chunk
-        elif not as_json:
-            for node, update in chunk.items():
-                _show(node, update)
+    try:
+        for mode, chunk in graph.stream({"query": question}, stream_mode=["updates", "values"]):
+            if mode == "values":
+                final = chunk
+            elif not as_json:
+                for node, update in chunk.items():
+                    _show(node, update)
+    except Exception as exc:
+        from agentflow.factory import served_call_failure
+
+        reason = served_call_failure(exc)
+        if reason is None:  # not a served model's fault: a bug, shown with its traceback
+            raise
+        console.print(f"error: {reason}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
     if as_json:
         json.dump(final, sys.stdout, default=str)
         sys.stdout.write("\n")

@@ -231,6 +231,31 @@ def _check_server(base_url: str, provider: str | None) -> None:
         pass
 
 
+def served_call_failure(exc: BaseException) -> str | None:
+    """One line for a served model's call that failed after the client's retries (the
+    server went away, kept answering 5xx or 429, or timed out), or None when `exc` is not
+    that. `agentflow run` prints it and exits 2 instead of a traceback; an eval records it
+    as the item's error. Recognised: the OpenAI client's errors (every OpenAI-compatible
+    server) and httpx's, which that client and most provider clients are built on."""
+    import httpx
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        where = f" from {exc.request.url}" if getattr(exc, "request", None) is not None else ""
+        return f"a served model answered HTTP {exc.status_code}{where} after the client's retries: {_one_line(exc)}"
+    if isinstance(exc, openai.APIError):  # connection refused or reset, timeout
+        where = f" at {exc.request.url}" if getattr(exc, "request", None) is not None else ""
+        return (f"a served model's call failed after the client's retries ({_one_line(exc)}){where}; "
+                "is the server still running?")
+    if isinstance(exc, httpx.HTTPError):
+        return f"a served model's call failed: {type(exc).__name__}: {_one_line(exc)}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_models(specs: Mapping[str, ModelSpec]) -> dict[str, BaseChatModel]:
     """role -> chat model; roles with equal specs get the same instance (one copy of the
     weights, one engine batching all their requests)."""

@@ -136,3 +136,58 @@ class FlakyProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class DyingProxy:
+    """A proxy in front of a real server that answers `answers` chat requests and then goes
+    away (stops listening), as a server that dies mid-run: later calls are refused, and the
+    client's retries are refused too. GET requests (the start-up check) are forwarded."""
+
+    def __init__(self, upstream: str, answers: int = 1) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.answered = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                response = httpx.request(method, upstream.rstrip("/") + self.path.removeprefix("/v1"), content=body,
+                                         headers={"Content-Type": "application/json"}, timeout=300)
+                self.send_response(response.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(response.content)))
+                self.end_headers()
+                self.wfile.write(response.content)
+                if method == "POST":
+                    proxy.answered += 1
+                    if proxy.answered >= answers:  # die: from another thread, shutdown() waits for this one
+                        threading.Thread(target=proxy.close, daemon=True).start()
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.server.shutdown()
+            self.server.server_close()
+
+    def __enter__(self) -> DyingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
