@@ -153,3 +153,43 @@ def test_a_flow_grpo_step_with_served_frozen_modules(model_server, tmp_path):
     assert (metrics["runs"], metrics["failed_runs"], metrics["optimizer_steps"]) == (2, 0, 1)
     # each run's verifier and generator (and executor, when the tiny planner names a tool) were served
     assert _requests(model_server) - before >= 4
+
+
+def test_run_whose_server_dies_mid_run_ends_with_one_line_and_exit_code_2(model_server):
+    from tests.served import DyingProxy
+
+    with DyingProxy(model_server.base_url, answers=1) as proxy:  # the planner's call, then nothing
+        result = CliRunner().invoke(app, [
+            "run", "What is 12 times 7?", "--model", model_server.model, "--base-url", proxy.base_url,
+            "--tools", "calculator", "--max-turns", "1", "--max-new-tokens", "16",
+        ])
+    assert proxy.answered == 1 and proxy.closed
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proxy.base_url.removesuffix("/v1") in errors[0], result.output
+    assert "is the server still running?" in errors[0]
+
+
+def test_a_flow_grpo_step_rewarded_by_a_served_judge(model_server, tmp_path):
+    """`reward: judge`: every run's reward is the served judge's verdict, kept in the run's
+    judge cache (the one `agentflow eval --judge-model` keeps), which a rerun reads back."""
+    from agentflow.evals.judge import JUDGE_CACHE_FILE, JudgeCache
+    from agentflow.trainer import JudgeReward, build_trainer, read_metrics
+    from agentflow.trainer.rollout import read_rollouts
+
+    config = tiny_config(tmp_path, max_steps=1, group_size=2, queries_per_step=1, zero_variance_groups="keep",
+                         reward="judge", judge_model=model_server.model, judge_base_url=model_server.base_url,
+                         module_max_new_tokens=16)
+    trainer = build_trainer(config)
+    assert isinstance(trainer.reward_fn, JudgeReward)
+    before = _requests(model_server)
+    trainer.train()
+    [metrics] = read_metrics(trainer.run_dir)
+    assert (metrics["runs"], metrics["failed_runs"]) == (2, 0)
+    rows = read_rollouts(trainer.run_dir)
+    assert _requests(model_server) - before == len({(row["query"], row["answer"]) for row in rows})  # one call each
+    # a cache with no judge behind it: every run's verdict must already be there, and be its reward
+    cache = JudgeCache(trainer.run_dir / JUDGE_CACHE_FILE, judge=None, judge_label=f"{model_server.model} @ {model_server.base_url}")
+    assert [cache(row["query"], row["answer"], str(row["gold"])) for row in rows] == [row["reward"] for row in rows]
+    assert cache.calls == 0
