@@ -91,3 +91,24 @@ def test_failures_benchmark_reads_a_training_runs_rollouts(tmp_path, capsys):
     assert json.loads((run_dir / "failures.json").read_text()) == out
     trained = module.main(["--quick", "--checkpoint", str(run_dir), "--output", str(tmp_path / "trained")])
     assert trained["toolmix__trained__turns1"]["all"]["runs"] == 6  # built as the run was (tiny model, 1 turn)
+
+
+def test_parse_rates_benchmark_quick_mode(capsys):
+    """benchmarks/parse_rates.py on a random tiny model: its table and its JSON agree, and
+    each parse rate is the parsed calls over the calls it recorded (the served systems run
+    in tests/test_served.py)."""
+    spec = importlib.util.spec_from_file_location("parse_rates", SCRIPT.parent / "parse_rates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--n", "2", "--systems", "local", "--quick", "--tiny"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == out
+    [local] = out["systems"]
+    assert local["n"] == 2 and local["failed_runs"] == 0
+    assert local["planner"]["calls"] >= 2  # at least one planner turn per run
+    for module_name in ("planner", "executor", "verifier"):
+        rates = local[module_name]
+        if rates["calls"]:
+            assert rates["parse_rate"] == rates["parsed"] / rates["calls"]
+    assert local["decode_steps_per_run"] > 0
+    assert any(line.startswith("local ") for line in lines)

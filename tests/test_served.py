@@ -193,3 +193,24 @@ def test_a_flow_grpo_step_rewarded_by_a_served_judge(model_server, tmp_path):
     cache = JudgeCache(trainer.run_dir / JUDGE_CACHE_FILE, judge=None, judge_label=f"{model_server.model} @ {model_server.base_url}")
     assert [cache(row["query"], row["answer"], str(row["gold"])) for row in rows] == [row["reward"] for row in rows]
     assert cache.calls == 0
+
+
+def test_the_parse_rates_benchmark_against_the_server(model_server, capsys):
+    """benchmarks/parse_rates.py's served systems (every module served; the frozen modules
+    served beside a local planner) on one item, against the running server: every served
+    module's calls reach it and are counted."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "parse_rates.py"
+    spec = importlib.util.spec_from_file_location("parse_rates", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = _requests(model_server)
+    out = module.main(["--n", "1", "--systems", "served,mixed", "--quick", "--base-url", model_server.base_url])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    served, mixed = out["systems"]
+    assert served["served"] == ["planner", "executor", "verifier", "generator"] and served["failed_runs"] == 0
+    assert served["planner"]["calls"] >= 1 and served["decode_steps_per_run"] is None  # nothing decoded here
+    assert mixed["served"] == ["executor", "verifier", "generator"] and mixed["decode_steps_per_run"] > 0
+    calls = sum(s[m]["calls"] for s in (served, mixed) for m in ("planner", "executor", "verifier") if m in s["served"])
+    assert _requests(model_server) - before == calls + 2  # + each run's one generator call
