@@ -4,7 +4,6 @@ folder that the CLI's run and eval, and `transformers serve`, load as they load 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

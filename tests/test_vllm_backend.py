@@ -1,13 +1,18 @@
-"""The vLLM seam without vLLM: request/response mapping against a stand-in server.
+"""The vLLM paths without vLLM: every test here runs against a STAND-IN for vLLM.
 
-vLLM cannot run on this CPU machine, so a local `http.server` on 127.0.0.1 stands in for
-`vllm serve`: it records each request and answers the way vLLM's `/v1/completions`
-does. The backend reaches it through the real `openai` client, so what is tested is the
-request that goes over the wire and the parsing of the reply that comes back.
+vLLM cannot run on this CPU machine (the real thing runs in `scripts/gpu_check.sh`), so:
+* a local `http.server` on 127.0.0.1 stands in for `vllm serve`: it records each request
+  and answers the way vLLM's `/v1/completions` does. The backend reaches it through the
+  real `openai` client (and TRL's real `VLLMClient.generate`), so what is tested is the
+  request that goes over the wire and the parsing of the reply that comes back;
+* `tests/vllm_standin.py` stands in for an in-process `vllm.LLM` and for TRL's
+  `VLLMClient`, holding its own bf16 copy of the weights, so the Flow-GRPO trainer's weight
+  push, old-log-prob recomputation, truncated importance weights and gap metric run for real.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import threading
@@ -15,10 +20,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+import torch
 from langchain_core.messages import HumanMessage
+from trainer_helpers import first_letter_reward, tiny_config
+from vllm_standin import STANDIN_API, StandInClient, StandInLLM
 
-from agentflow.models import GenerationBackend, LocalChatModel, SamplingParams
+from agentflow.models import GenerationBackend, LocalChatModel, SamplingParams, tiny_model
 from agentflow.models.vllm_backend import VLLMBackend
+from agentflow.trainer import build_trainer, collect_rollouts, read_metrics
+from agentflow.trainer.flow_grpo import _pad, build_samples, completion_logprobs
+from agentflow.trainer.vllm_rollout import hf_weights
 
 Reply = tuple[int, dict]  # HTTP status, JSON body
 
@@ -117,19 +129,6 @@ def test_chat_model_over_the_vllm_backend(tokenizer):
 # stand-in holds its own bf16 copy of the weights, like vLLM, so everything it knows of
 # training arrives through the backend's weight push.
 # ---------------------------------------------------------------------------------------
-
-import copy  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from trainer_helpers import first_letter_reward, tiny_config  # noqa: E402
-from vllm_standin import STANDIN_API, StandInClient, StandInLLM  # noqa: E402
-
-from agentflow.models import tiny_model  # noqa: E402
-from agentflow.trainer import build_trainer, collect_rollouts, read_metrics  # noqa: E402
-from agentflow.trainer.flow_grpo import _pad, build_samples, completion_logprobs  # noqa: E402
-from agentflow.trainer.vllm_rollout import hf_weights  # noqa: E402
-
 
 def _standin_trainer(tmp_path, tokenizer, mode: str, **overrides):
     """A tiny-model trainer whose planner decodes through `VLLMBackend` over a stand-in for
