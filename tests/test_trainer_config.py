@@ -115,3 +115,12 @@ def test_lora_config_carries_the_lora_fields():
     lora = FlowGRPOConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "v_proj"]).lora_config()
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (4, 8, 0.1)
     assert lora.target_modules == {"q_proj", "v_proj"} and lora.task_type == "CAUSAL_LM"
+
+
+def test_the_qwen7b_recipe_validates():
+    """examples/train_qwen7b.yaml (the paper's setting, for GPUs) passes the config loader."""
+    config = FlowGRPOConfig.from_yaml(EXAMPLE.with_name("train_qwen7b.yaml"))
+    assert config.model == "Qwen/Qwen2.5-7B-Instruct"
+    assert (config.group_size, config.queries_per_step, config.max_turns) == (8, 32, 3)
+    assert (config.learning_rate, config.beta) == (1e-6, 0.001)
+    assert config.rollout_backend == "vllm_colocate" and config.sampler_correction == "tis"

@@ -20,6 +20,7 @@ from agentflow.evals.datasets import load_benchmark, with_answer_instruction
 from agentflow.evals.scoring import score
 from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, load_chat_model, role_specs, trainable_models
 from agentflow.models import fast_dtype
+from agentflow.models.vllm_backend import VLLMBackend
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
 from agentflow.trainer.rollout import RewardFn
@@ -93,8 +94,10 @@ def build_trainer(
     path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig,
     reward_fn: RewardFn | None = None,
     accelerator: Accelerator | None = None,
+    rollout_backend: VLLMBackend | None = None,
 ) -> FlowGRPOTrainer:
-    """Everything `train_from_config` builds, without training (tests swap the reward)."""
+    """Everything `train_from_config` builds, without training (tests swap the reward, and
+    give a `VLLMBackend` over a stand-in for vLLM where the config asks for vLLM rollouts)."""
     config = FlowGRPOConfig.load(path_or_config)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     # Bad names and files fail here, before any model is loaded, naming the field.
@@ -111,7 +114,7 @@ def build_trainer(
         config, graph, policy, reward_fn, train, evals,
         ref_model=frozen.engine.model if frozen is not None else None,
         frozen_engines=[frozen.engine] if frozen is not None else [],
-        accelerator=accelerator,
+        accelerator=accelerator, rollout_backend=rollout_backend,
     )
 
 
