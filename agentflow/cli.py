@@ -285,6 +285,24 @@ def sft(
 
 
 @app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="A training checkpoint (step-NNNNNN) or a run directory (its latest checkpoint).")],
+    out: Annotated[Path, typer.Argument(help="The folder to write (must not exist, or be empty).")],
+    dtype: Annotated[str, typer.Option(help="float32 (the trained weights exactly), bfloat16 or float16.")] = "float32",
+) -> None:
+    """Write the trained planner as a standalone Hugging Face folder (LoRA merged, tokenizer and chat
+    template, generation config) for agentflow run --model OUT, eval --planner-model OUT, transformers serve OUT."""
+    from agentflow.trainer.export import export_planner
+
+    try:
+        folder = export_planner(checkpoint, out, dtype=dtype)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    print(folder)
+
+
+@app.command()
 def plot(run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="A training run directory.")]) -> None:
     """Render a run's training curves (metrics.jsonl) to PNG files."""
     from agentflow.trainer import plot_run

@@ -1,8 +1,11 @@
 """Does Flow-GRPO make the planner better? ToolMix with the embedded SmolLM2-135M, CPU only.
 
-    python benchmarks/learning.py                       # the full run (examples/learning_toolmix.yaml)
+    python benchmarks/learning.py --seeds 0,1,2         # the full result (examples/learning_toolmix.yaml)
+    python benchmarks/learning.py --seeds 0             # one seed; a later --seeds 0,1,2 keeps it
     python benchmarks/learning.py --train-minutes 20    # a shorter budget for both trainings
     python benchmarks/learning.py --quick --tiny        # seconds, random tiny model (the test)
+
+Per seed (the config's `seed` replaced: sampling, LoRA init and query order change):
 
 1. evaluate the untrained planner on the held-out ToolMix test split (greedy, fixed seed);
 2. train the planner with Flow-GRPO for at most `max_train_minutes` of wall clock;
@@ -12,16 +15,23 @@
    roll out the untrained graph, keep the planner turns of successful runs and fine-tune
    on them offline (TRL SFTTrainer), then evaluate once more.
 
-Prints one table (accuracy, accuracy and tool-choice ratios per question type, tool-call
-error rate, mean turns for untrained / SFT / Flow-GRPO), writes PNG plots (reward and
-tool-call error rate over training, tool usage before/after) and
-`<output>/learning.json`, and prints that JSON as its last line.
+Seeds run one at a time, and `<output>/learning.json` is rewritten after each one, so a
+stop between seeds loses nothing: a rerun skips the seeds already in the file (`--fresh`
+starts over). Each seed's entry records the commit it was measured on.
+
+Prints one table per seed and one over the seeds (mean ± sd of accuracy overall and per
+question type, the first tool chosen per question type, tool-call error rate, mean turns
+for untrained / SFT / Flow-GRPO), writes PNG plots (reward and tool-call error rate over
+training per seed, the first-tool choice per question type before and after — the
+paper's Fig. 5 — and tool usage) and `learning.json`, and prints that JSON as its last line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -51,9 +61,14 @@ def evaluate(trainer, items: list[dict]) -> list[dict[str, Any]]:
     return [
         {"pid": run.item.get("pid"), "type": run.item.get("type", "all"), "reward": run.reward,
          "turns": run.n_turns, "tool_errors": run.tool_errors, "tools": dict(run.tools),
-         "failed": run.failed, "answer": run.answer}
+         "failed": run.failed, "answer": run.answer, "first_tool": first_tool(run.memory)}
         for run in trainer.greedy_runs(items)
     ]
+
+
+def first_tool(memory: list[dict[str, Any]]) -> str:
+    """The tool the planner's first turn chose ("none": it named no tool it has)."""
+    return (memory[0].get("tool_name") or "none") if memory else "none"
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,6 +84,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         total = sum(calls.values())
         return {tool: n / total for tool, n in sorted(calls.items())} if total else {}
 
+    def first_tools(subset: list[dict]) -> dict[str, float]:
+        counts = Counter(row.get("first_tool", "none") for row in subset)
+        return {tool: n / len(subset) for tool, n in sorted(counts.items())}
+
     turns = sum(r["turns"] for r in rows)
     calls = sum(sum(r["tools"].values()) for r in rows)
     return {
@@ -77,13 +96,56 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "accuracy_by_type": {t: sum(r["reward"] >= 1.0 for r in sub) / len(sub) for t, sub in sorted(by_type.items())},
         "tool_ratio_by_type": {t: tool_ratios(sub) for t, sub in sorted(by_type.items())},
         "tool_ratio": tool_ratios(rows),
+        "first_tool_by_type": {t: first_tools(sub) for t, sub in sorted(by_type.items())},
         "tool_error_rate": tool_error_rate(sum(r["tool_errors"] for r in rows), calls),
         "mean_turns": turns / max(len(rows), 1),
     }
 
 
+def aggregate(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean over seeds of each system's figures, and the sample sd (0 for one seed) of the
+    ones the result is judged on: accuracy overall, per type, and the first-tool shares."""
+
+    def mean_sd(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def mean_of_maps(maps: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+        keys = sorted({k for m in maps for k in m})
+        pairs = {k: mean_sd([m.get(k, 0.0) for m in maps]) for k in keys}
+        return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+
+    out: dict[str, dict[str, Any]] = {}
+    for system in SYSTEMS:
+        runs = [entry[system] for entry in entries if system in entry]
+        if not runs:
+            continue
+        types = sorted({t for r in runs for t in r["accuracy_by_type"]})
+        first = {t: mean_of_maps([r["first_tool_by_type"].get(t, {}) for r in runs]) for t in types}
+        ratio_by_type = {t: mean_of_maps([r["tool_ratio_by_type"].get(t, {}) for r in runs])[0] for t in types}
+        accuracy, accuracy_sd = mean_sd([r["accuracy"] for r in runs])
+        by_type, by_type_sd = mean_of_maps([r["accuracy_by_type"] for r in runs])
+        error_rate, error_rate_sd = mean_sd([r["tool_error_rate"] for r in runs])
+        out[system] = {
+            "seeds": len(runs),
+            "accuracy": accuracy,
+            "accuracy_sd": accuracy_sd,
+            "n": runs[0]["n"],
+            "accuracy_by_type": by_type,
+            "accuracy_by_type_sd": by_type_sd,
+            "tool_ratio_by_type": ratio_by_type,
+            "tool_ratio": mean_of_maps([r["tool_ratio"] for r in runs])[0],
+            "first_tool_by_type": {t: m for t, (m, _) in first.items()},
+            "first_tool_by_type_sd": {t: sd for t, (_, sd) in first.items()},
+            "tool_error_rate": error_rate,
+            "tool_error_rate_sd": error_rate_sd,
+            "mean_turns": statistics.fmean(r["mean_turns"] for r in runs),
+        }
+    return out
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """One markdown table, a column per system."""
+    """One markdown table, a column per system; `± sd` over seeds where `results` is an
+    aggregate of several."""
     names = [s for s in SYSTEMS if s in results]
     types = sorted({t for r in results.values() for t in r["accuracy_by_type"]})
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -91,12 +153,24 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     def row(label: str, cells: list[str]) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    row("accuracy", [f"{results[s]['accuracy']:.1%}" for s in names])
+    def pct(value: float, sd: float | None) -> str:
+        return f"{value:.1%} ± {sd:.1%}" if sd is not None else f"{value:.1%}"
+
+    def spread(s: str, key: str, sub: str | None = None) -> float | None:
+        if results[s].get("seeds", 1) < 2:
+            return None
+        sd = results[s][f"{key}_sd"]
+        return sd if sub is None else sd.get(sub, 0.0)
+
+    row("accuracy", [pct(results[s]["accuracy"], spread(s, "accuracy")) for s in names])
     for t in types:
-        row(f"accuracy: {t}", [f"{results[s]['accuracy_by_type'].get(t, 0):.1%}" for s in names])
+        row(f"accuracy: {t}", [pct(results[s]["accuracy_by_type"].get(t, 0), spread(s, "accuracy_by_type", t))
+                               for s in names])
     for t in types:
-        row(f"tool choice: {t}", [_ratios(results[s]["tool_ratio_by_type"].get(t, {})) for s in names])
-    row("tool-call error rate", [f"{results[s]['tool_error_rate']:.1%}" for s in names])
+        row(f"first tool: {t}", [_ratios(results[s]["first_tool_by_type"].get(t, {})) for s in names])
+    for t in types:
+        row(f"tool calls: {t}", [_ratios(results[s]["tool_ratio_by_type"].get(t, {})) for s in names])
+    row("tool-call error rate", [pct(results[s]["tool_error_rate"], spread(s, "tool_error_rate")) for s in names])
     row("mean turns", [f"{results[s]['mean_turns']:.2f}" for s in names])
     return "\n".join(lines)
 
@@ -106,54 +180,126 @@ def _ratios(ratios: dict[str, float]) -> str:
 
 
 # --------------------------------------------------------------------------- plots
-def plot(run_dir: Path, results: dict[str, dict[str, Any]], output: Path) -> list[Path]:
+def plot(run_dirs: dict[int, Path], results: dict[str, dict[str, Any]], output: Path) -> list[Path]:
+    """Training curves (one line per seed) and tool choice before/after (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = read_metrics(run_dir)
-    steps = [m["step"] for m in metrics]
     paths = []
     for key, label, name in [("reward_mean", "mean reward of the step's runs", "learning_reward.png"),
                              ("tool_error_rate", "tool-call error rate", "learning_tool_errors.png")]:
-        values = [m[key] for m in metrics]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(steps, values, marker=".", alpha=0.5, label="per step")
-        window = len(values) // 8
-        if window > 1:  # a running mean once there are enough steps for one to mean something
-            smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-                      for i in range(len(values))]
-            ax.plot(steps, smooth, label=f"mean of last {window}")
+        for seed, run_dir in sorted(run_dirs.items()):
+            metrics = [m for m in read_metrics(run_dir) if key in m]
+            if not metrics:  # a seed measured where its run folder no longer is
+                continue
+            steps, values = [m["step"] for m in metrics], [m[key] for m in metrics]
+            window = max(len(values) // 8, 1)  # a running mean: one step is 16 runs, too noisy alone
+            smooth = [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+            ax.plot(steps, smooth, label=f"seed {seed}" + (f" (mean of last {window})" if window > 1 else ""))
         ax.set_xlabel("Flow-GRPO step")
         ax.set_ylabel(label)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(output / name, dpi=110)
         plt.close(fig)
         paths.append(output / name)
 
+    # The paper's Fig. 5: which tool the planner picks first, per question type, before and
+    # after training (bars: mean over seeds; whiskers: sd).
     names = [s for s in SYSTEMS if s in results]
-    tools = sorted({t for s in names for t in results[s]["tool_ratio"]})
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    types = sorted({t for s in names for t in results[s]["first_tool_by_type"]})
+    tools = sorted({tool for s in names for t in types for tool in results[s]["first_tool_by_type"][t]})
+    fig, axes = plt.subplots(1, max(len(types), 1), figsize=(4 * max(len(types), 1), 3.5), sharey=True, squeeze=False)
     width = 0.8 / max(len(names), 1)
-    for i, s in enumerate(names):
-        ax.bar([x + i * width for x in range(len(tools))], [results[s]["tool_ratio"].get(t, 0) for t in tools],
-               width=width, label=s)
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(tools))], tools)
-    ax.set_ylabel("share of tool calls (test split)")
-    ax.legend()
+    for ax, t in zip(axes[0], types):
+        for i, s in enumerate(names):
+            shares = results[s]["first_tool_by_type"].get(t, {})
+            sds = results[s].get("first_tool_by_type_sd", {}).get(t, {})
+            ax.bar([x + i * width for x in range(len(tools))], [shares.get(tool, 0) for tool in tools], width=width,
+                   yerr=[sds.get(tool, 0) for tool in tools], capsize=2, label=s)
+        ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(tools))], tools, rotation=20, fontsize=8)
+        ax.set_title(t)
+    axes[0][0].set_ylabel("share of runs: first tool chosen")
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(output / "learning_tool_usage.png", dpi=110)
+    fig.savefig(output / "learning_tool_choice.png", dpi=110)
     plt.close(fig)
-    paths.append(output / "learning_tool_usage.png")
+    paths.append(output / "learning_tool_choice.png")
     return paths
+
+
+# --------------------------------------------------------------------------- one seed
+def commit() -> str:
+    """The commit measured, with "-dirty" when the checkout has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_seed(data: dict[str, Any], seed: int, skip_sft: bool) -> tuple[dict[str, Any], Path]:
+    """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items."""
+    config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    trainer = build_trainer(config)
+    test_items = trainer.eval_items
+    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    print(f"seed {seed}: held-out items: {len(test_items)} ({dict(Counter(i.get('type') for i in test_items))})", flush=True)
+
+    entry: dict[str, Any] = {"seed": seed, "commit": commit()}
+    started = t = time.monotonic()
+    entry["untrained"] = summarize(evaluate(trainer, test_items))
+    print(f"seed {seed} untrained: accuracy {entry['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
+
+    t = time.monotonic()
+    run_dir = trainer.train()
+    entry["train_minutes"] = round((time.monotonic() - t) / 60, 2)
+    entry["flowgrpo_steps"] = trainer.step_done
+    print(f"seed {seed} Flow-GRPO: {trainer.step_done} steps in {entry['train_minutes']:.1f} min -> {run_dir}", flush=True)
+    t = time.monotonic()
+    entry["flowgrpo"] = summarize(evaluate(trainer, test_items))
+    print(f"seed {seed} flowgrpo: accuracy {entry['flowgrpo']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
+
+    if not skip_sft:
+        # The ablation starts from the same initial planner (an in-place load: the engine
+        # sees the weight change and drops its prefix cache) and gets the same budget.
+        trainer.model.load_state_dict(initial)
+        t = time.monotonic()
+        # half the budget collects successful turns, the other half is for fine-tuning on
+        # them; the measured total is reported next to Flow-GRPO's
+        deadline = t + 30 * config.max_train_minutes if config.max_train_minutes else None
+        order = torch.randperm(len(trainer.train_items), generator=torch.Generator().manual_seed(seed))
+        items = [trainer.train_items[int(i)] for i in order[: config.sft_queries]]
+        turns, sft_stats = collect_successful_turns(config, trainer.graph, trainer.reward_fn, items, deadline=deadline)
+        sft_dir = run_dir / "sft"
+        sft_dir.mkdir(exist_ok=True)
+        write_sft_data(sft_dir, turns, trainer.policy.tokenizer)
+        if turns:
+            model, sft_stats["train_loss"] = sft_train(trainer.model, trainer.policy.tokenizer, turns, config, sft_dir)
+            trainer.policy.engine.model = model  # the same module, or its peft wrapper with LoRA
+        entry["sft_minutes"] = round((time.monotonic() - t) / 60, 2)
+        entry["sft_stats"] = sft_stats
+        print(f"seed {seed} SFT: {sft_stats} in {entry['sft_minutes']:.1f} min", flush=True)
+        entry["sft"] = summarize(evaluate(trainer, test_items))
+        print(f"seed {seed} sft: accuracy {entry['sft']['accuracy']:.1%}", flush=True)
+    entry["run_dir"] = str(run_dir)
+    entry["total_minutes"] = round((time.monotonic() - started) / 60, 2)
+    print(table({s: entry[s] for s in SYSTEMS if s in entry}), flush=True)
+    return entry, run_dir
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="a FlowGRPOConfig YAML")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, run one at a time (default: the config's seed)")
+    p.add_argument("--fresh", action="store_true", help="discard the seeds already in learning.json")
     p.add_argument("--train-minutes", type=float, default=None, help="override max_train_minutes (both trainings)")
     p.add_argument("--n-test", type=int, default=None, help="held-out items (default: the config's eval_limit)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"), help="where learning.json and PNGs go")
@@ -164,8 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     data = FlowGRPOConfig.from_yaml(args.config).to_dict()
-    data.update(output_dir=args.runs_dir, run_name=f"learning-{time.strftime('%Y%m%d-%H%M%S')}",
-                eval_dataset=data.get("eval_dataset") or data["dataset"], eval_every=0)
+    data.update(output_dir=args.runs_dir, eval_dataset=data.get("eval_dataset") or data["dataset"], eval_every=0)
     if args.quick:
         data.update(QUICK, max_train_minutes=None, eval_limit=min(args.n_test or 4, 4))
     if args.tiny:
@@ -174,72 +319,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data["max_train_minutes"] = args.train_minutes
     if args.n_test is not None:
         data["eval_limit"] = args.n_test
-    config = FlowGRPOConfig.from_dict(data)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [data["seed"]]
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    path = output / "learning.json"
     started = time.monotonic()
 
-    trainer = build_trainer(config)
-    test_items = trainer.eval_items
-    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    print(f"config: {json.dumps(config.to_dict())}", flush=True)
-    print(f"held-out items: {len(test_items)} ({dict(Counter(i.get('type') for i in test_items))})", flush=True)
+    # Resume: seeds measured earlier with the same settings are kept, not rerun. The
+    # settings are the config without the seed and run name (they differ per seed).
+    settings = {k: v for k, v in FlowGRPOConfig.from_dict(data).to_dict().items() if k not in ("seed", "run_name")}
+    done: list[dict[str, Any]] = []
+    if path.exists() and not args.fresh:
+        previous = json.loads(path.read_text())
+        if previous.get("seeds") and previous.get("config") != settings:
+            raise SystemExit(f"{path} holds seeds measured with other settings; rerun with --fresh to replace them, "
+                             "or --output elsewhere")
+        done = previous.get("seeds", [])
+    print(f"config: {json.dumps(settings)}", flush=True)
 
-    results: dict[str, dict[str, Any]] = {}
-    t = time.monotonic()
-    results["untrained"] = summarize(evaluate(trainer, test_items))
-    print(f"untrained: accuracy {results['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
+    for seed in seeds:
+        if any(entry["seed"] == seed for entry in done):
+            print(f"seed {seed}: already in {path} (commit {next(e['commit'] for e in done if e['seed'] == seed)}), kept",
+                  flush=True)
+            continue
+        entry, _ = run_seed(data, seed, args.skip_sft)
+        done = sorted([*done, entry], key=lambda e: e["seed"])
+        out = write_result(path, done, settings)
+        print(f"seed {seed}: written to {path} ({round((time.monotonic() - started) / 60, 1)} min so far)", flush=True)
 
-    t = time.monotonic()
-    run_dir = trainer.train()
-    train_minutes = (time.monotonic() - t) / 60
-    print(f"Flow-GRPO: {trainer.step_done} steps in {train_minutes:.1f} min -> {run_dir}", flush=True)
-    t = time.monotonic()
-    results["flowgrpo"] = summarize(evaluate(trainer, test_items))
-    print(f"flowgrpo: accuracy {results['flowgrpo']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
-
-    sft_minutes = sft_stats = None
-    if not args.skip_sft:
-        # The ablation starts from the same initial planner (an in-place load: the engine
-        # sees the weight change and drops its prefix cache) and gets the same budget.
-        trainer.model.load_state_dict(initial)
-        t = time.monotonic()
-        # half the budget collects successful turns, the other half is for fine-tuning on
-        # them; the measured total is reported next to Flow-GRPO's
-        deadline = t + 30 * config.max_train_minutes if config.max_train_minutes else None
-        order = torch.randperm(len(trainer.train_items), generator=torch.Generator().manual_seed(config.seed))
-        items = [trainer.train_items[int(i)] for i in order[: config.sft_queries]]
-        turns, sft_stats = collect_successful_turns(config, trainer.graph, trainer.reward_fn, items, deadline=deadline)
-        sft_dir = run_dir / "sft"
-        sft_dir.mkdir(exist_ok=True)
-        write_sft_data(sft_dir, turns, trainer.policy.tokenizer)
-        if turns:
-            model, sft_stats["train_loss"] = sft_train(trainer.model, trainer.policy.tokenizer, turns, config, sft_dir)
-            trainer.policy.engine.model = model  # the same module, or its peft wrapper with LoRA
-        sft_minutes = (time.monotonic() - t) / 60
-        print(f"SFT: {sft_stats} in {sft_minutes:.1f} min", flush=True)
-        results["sft"] = summarize(evaluate(trainer, test_items))
-        print(f"sft: accuracy {results['sft']['accuracy']:.1%}", flush=True)
-
+    out = write_result(path, done, settings)
     print()
-    print(table(results))
-    plots = plot(run_dir, results, output)
+    print(f"over seeds {[e['seed'] for e in done]} (mean ± sd):")
+    print(table(out["results"]))
+    print(json.dumps(out))
+    return out
+
+
+def write_result(path: Path, entries: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """learning.json over the seeds measured so far, and its plots; rewritten after each seed."""
+    results = aggregate(entries)
+    plots = plot({e["seed"]: Path(e["run_dir"]) for e in entries}, results, path.parent)
+
+    def mean_of(key: str) -> float | None:
+        values = [e[key] for e in entries if e.get(key) is not None]
+        return round(statistics.fmean(values), 2) if values else None
+
     out = {
+        # the first fields are the mean over seeds, under the names one seed used to have
         "untrained_acc": results["untrained"]["accuracy"],
         "sft_acc": results["sft"]["accuracy"] if "sft" in results else None,
         "flowgrpo_acc": results["flowgrpo"]["accuracy"],
-        "n_test": len(test_items),
-        "train_minutes": round(train_minutes, 2),
-        "sft_minutes": round(sft_minutes, 2) if sft_minutes is not None else None,
-        "flowgrpo_steps": trainer.step_done,
-        "sft_stats": sft_stats,
+        "n_test": results["untrained"]["n"],
+        "train_minutes": mean_of("train_minutes"),
+        "sft_minutes": mean_of("sft_minutes"),
+        "flowgrpo_steps": mean_of("flowgrpo_steps"),
         "results": results,
-        "plots": [str(p.relative_to(output)) for p in plots],
-        "total_minutes": round((time.monotonic() - started) / 60, 2),
-        "config": config.to_dict(),
+        "plots": [str(p.relative_to(path.parent)) for p in plots],
+        "commits": sorted({e["commit"] for e in entries}),
+        "sft_stats": [e.get("sft_stats") for e in entries],
+        "total_minutes": round(sum(e["total_minutes"] for e in entries), 2),
+        "config": settings,
+        "seeds": entries,
     }
-    (output / "learning.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out))
+    path.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -35,12 +35,17 @@ def test_rollout_benchmark_quick_mode(capsys):
     assert out["peak_rss_mb"] == pytest.approx(float(re.search(r"peak RSS (\d+) MB", text).group(1)), abs=1)
 
 
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_learning_benchmark_quick_mode(tmp_path, capsys):
     """Every stage of benchmarks/learning.py (evaluate, Flow-GRPO, evaluate, SFT ablation,
     table, plots, JSON) on a random tiny model at tiny sizes."""
-    spec = importlib.util.spec_from_file_location("learning", SCRIPT.parent / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script("learning")
     out = module.main(["--quick", "--tiny", "--output", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")])
     for key in ("untrained_acc", "sft_acc", "flowgrpo_acc"):
         assert 0.0 <= out[key] <= 1.0
@@ -50,9 +55,42 @@ def test_learning_benchmark_quick_mode(tmp_path, capsys):
         assert (tmp_path / "results" / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results" / "learning.json").read_text())
     assert saved["config"]["model"] == "tiny" and saved["n_test"] == 4
+    assert [entry["seed"] for entry in saved["seeds"]] == [0] and saved["commits"] == [saved["seeds"][0]["commit"]]
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1])["n_test"] == 4
     assert any(line.startswith("| accuracy |") for line in lines)
+
+
+def test_learning_benchmark_seeds_resume_and_merge(tmp_path, capsys):
+    """--seeds runs one seed at a time and rewrites learning.json after each, so a second
+    invocation keeps the seeds already measured and adds only the missing ones; the
+    summary is the mean over seeds with its sd, and other settings are refused."""
+    module = _load_script("learning")
+    common = ["--quick", "--tiny", "--skip-sft", "--output", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    first = module.main(["--seeds", "1", *common])
+    assert [e["seed"] for e in first["seeds"]] == [1]
+    capsys.readouterr()
+
+    out = module.main(["--seeds", "1,2", *common])
+    printed = capsys.readouterr().out
+    assert "seed 1: already in" in printed and "seed 2 untrained" in printed and "seed 1 untrained" not in printed
+    assert [e["seed"] for e in out["seeds"]] == [1, 2]
+    assert out["seeds"][0] == first["seeds"][0]  # kept as measured, not rerun
+    for entry in out["seeds"]:
+        for system in ("untrained", "flowgrpo"):
+            shares = entry[system]["first_tool_by_type"]
+            assert shares and all(sum(tool.values()) == pytest.approx(1.0) for tool in shares.values())
+            assert set(entry[system]["accuracy_by_type"]) == set(shares)
+    accs = [e["flowgrpo"]["accuracy"] for e in out["seeds"]]
+    assert out["flowgrpo_acc"] == pytest.approx(sum(accs) / 2)
+    assert out["results"]["flowgrpo"]["accuracy_sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+    assert out["results"]["flowgrpo"]["seeds"] == 2 and "sft" not in out["results"]
+    assert "learning_tool_choice.png" in out["plots"]
+    assert json.loads(printed.strip().splitlines()[-1])["seeds"] == out["seeds"]
+
+    with pytest.raises(SystemExit, match="other settings"):
+        module.main(["--seeds", "3", "--n-test", "2", *common])
+    assert [e["seed"] for e in json.loads((tmp_path / "results" / "learning.json").read_text())["seeds"]] == [1, 2]
 
 
 def test_failures_benchmark_quick_mode(tmp_path, capsys):

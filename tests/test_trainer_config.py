@@ -128,3 +128,12 @@ def test_a_judge_model_goes_with_reward_judge(data, message):
     with pytest.raises(ConfigError, match=message):
         FlowGRPOConfig(**data)
     assert FlowGRPOConfig(reward="judge", judge_model="openai:m").judge_model == "openai:m"
+
+
+def test_the_qwen7b_recipe_validates():
+    """examples/train_qwen7b.yaml (the paper's setting, for GPUs) passes the config loader."""
+    config = FlowGRPOConfig.from_yaml(EXAMPLE.with_name("train_qwen7b.yaml"))
+    assert config.model == "Qwen/Qwen2.5-7B-Instruct"
+    assert (config.group_size, config.queries_per_step, config.max_turns) == (8, 32, 3)
+    assert (config.learning_rate, config.beta) == (1e-6, 0.001)
+    assert config.rollout_backend == "vllm_colocate" and config.sampler_correction == "tis"

@@ -23,6 +23,7 @@ from agentflow.evals.judge import JUDGE_CACHE_FILE, JudgeCache
 from agentflow.evals.scoring import judge_score, score
 from agentflow.factory import DEFAULT_ROLE, ModelSpec, ToolSpec, agentflow_graph, load_chat_model, role_specs, trainable_models
 from agentflow.models import fast_dtype
+from agentflow.models.vllm_backend import VLLMBackend
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.flow_grpo import FlowGRPOTrainer
 from agentflow.trainer.rollout import RewardFn
@@ -137,8 +138,10 @@ def build_trainer(
     path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig,
     reward_fn: RewardFn | None = None,
     accelerator: Accelerator | None = None,
+    rollout_backend: VLLMBackend | None = None,
 ) -> FlowGRPOTrainer:
-    """Everything `train_from_config` builds, without training (tests swap the reward)."""
+    """Everything `train_from_config` builds, without training (tests swap the reward, and
+    give a `VLLMBackend` over a stand-in for vLLM where the config asks for vLLM rollouts)."""
     config = FlowGRPOConfig.load(path_or_config)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     # Bad names and files fail here, before the planner's model is loaded, naming the field.
@@ -152,7 +155,7 @@ def build_trainer(
         config, graph, policy, reward_fn, train, evals,
         ref_model=frozen.engine.model if frozen is not None else None,
         frozen_engines=[frozen.engine] if frozen is not None else [],
-        accelerator=accelerator,
+        accelerator=accelerator, rollout_backend=rollout_backend,
     )
     if isinstance(reward_fn, JudgeReward):  # the run directory exists from here on
         reward_fn.use_cache(trainer.run_dir)

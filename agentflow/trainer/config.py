@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 LossAggregation = Literal["token_mean", "sample_mean", "run_mean"]
 ZeroVariancePolicy = Literal["skip", "keep"]
+RolloutBackend = Literal["engine", "vllm_colocate", "vllm_server"]
 UnitFloat = Annotated[float, Field(ge=0, lt=1)]  # in [0, 1)
 
 
@@ -102,6 +103,22 @@ class FlowGRPOConfig(BaseModel):
     verifier_base_url: str | None = None
     generator_base_url: str | None = None
     max_concurrency: PositiveInt | None = None  # graph runs in flight; None: all runs of the step
+
+    # -- rollouts through vLLM (docs/design.md §3, "Rollouts through vLLM") -------------
+    # engine: the local engine decodes with the trained module itself (no sync, CPU or GPU).
+    # vllm_colocate: an in-process vllm.LLM per process, sharing its GPU with training.
+    # vllm_server: an external `trl vllm-serve` (vllm serve with its weight channel).
+    rollout_backend: RolloutBackend = "engine"
+    vllm_server_url: str = "http://127.0.0.1:8000"  # vllm_server: the server (no /v1)
+    vllm_server_timeout_s: NonNegativeFloat = 240.0  # vllm_server: wait this long for it to come up
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # colocate: vLLM's share of the GPU
+    vllm_max_model_len: PositiveInt | None = None  # colocate: context length (None: the model's)
+    vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"  # colocate: vLLM's weights
+    # vLLM's log-probs are not the trainer's: recompute the old log-probs with the training
+    # model (recompute), and also weight each token's loss by the truncated importance ratio
+    # min(pi_trainer / pi_sampler, tis_cap) (tis, as TRL's token_truncate). Engine: unused.
+    sampler_correction: Literal["tis", "recompute"] = "tis"
+    tis_cap: float = Field(3.0, ge=1.0)
 
     # -- schedule -----------------------------------------------------------------------
     max_steps: PositiveInt | None = None  # None: `epochs` passes over the dataset

@@ -28,6 +28,14 @@ merging). Rollout and update never overlap (each step rolls out, then updates), 
 copy to push and nothing to get stale. The price is fp32 decoding of the policy (the
 frozen modules may use a bf16 copy); the rollout/update dtypes are logged per step.
 
+Rollouts through vLLM (`rollout_backend: vllm_colocate | vllm_server`, docs/design.md §3):
+the planner's requests go to vLLM instead (`self.sampler`), which holds its own copy of
+the weights. `WeightPusher.push` hands it the updated tensors after every optimizer step
+(LoRA in-process: the adapter), and since vLLM's log-probs are not the training forward's,
+`_recompute_old_logprobs` replaces the old log-probs with the trainer's own, weights each
+token by the truncated importance ratio min(pi_trainer / pi_vllm, C) (Eq. TIS) and logs
+the sampler-vs-trainer gap every step.
+
 Distributed (`accelerate launch`): each process rolls out its shard of the step's
 queries (whole groups, so advantages need no communication), computes its gradient,
 and gradients are averaged with one all-reduce per optimizer step. We all-reduce the
@@ -57,10 +65,12 @@ from trl.trainer.utils import pad
 
 from agentflow.evals.stats import tool_error_rate
 from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fast_dtype
+from agentflow.models.vllm_backend import VLLMBackend
 from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.metrics import MetricsLogger
 from agentflow.trainer.rollout import RewardFn, RolloutLog, RunResult, collect_rollouts, rollout_row
+from agentflow.trainer.vllm_rollout import WeightPusher, make_vllm_backend
 
 # ---------------------------------------------------------------------------------------
 # The math, as plain functions (unit-tested against hand-computed values)
@@ -96,6 +106,17 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Eq. k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
     delta = ref_logp - logp
     return torch.exp(delta) - delta - 1
+
+
+def truncated_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Eq. TIS, per token: w_k = min(exp(logp_trainer_k - logp_sampler_k), cap).
+
+    The tokens were drawn from vLLM's distribution, not the trainer's; weighting each
+    token's loss by this ratio (no gradient through it) corrects the expectation, and the
+    cap bounds the variance a rare token with a tiny sampler probability would bring (as
+    TRL's `token_truncate`; Yao et al., "truncated importance sampling").
+    """
+    return torch.exp(trainer_logp - sampler_logp).clamp(max=cap)
 
 
 def aggregation_weights(lengths: Sequence[int], run_ids: Sequence[Any], aggregation: str) -> list[float]:
@@ -136,6 +157,10 @@ class Sample:
     advantage: float
     run_id: tuple[int, int]  # (query index, run index in group): for run_mean
     weight: float = 0.0  # per-token loss weight (aggregation), set per mini-batch
+    # vLLM rollouts only (`_recompute_old_logprobs`): what the sampler reported, and each
+    # token's truncated importance weight; None: the sampler was the training forward.
+    sampler_logprobs: list[float] | None = None
+    is_weights: list[float] | None = None
 
 
 def build_samples(groups: Sequence[Sequence[RunResult]], config: FlowGRPOConfig) -> tuple[list[Sample], dict[str, float]]:
@@ -186,6 +211,7 @@ def _pad(samples: Sequence[Sample], device: torch.device) -> dict[str, torch.Ten
         "temperature": torch.tensor([s.temperature for s in samples]),
         "advantage": torch.tensor([s.advantage for s in samples]),
         "weight": torch.tensor([s.weight for s in samples]),
+        "is_weight": rows((s.is_weights or [1.0] * len(s.completion_ids) for s in samples), "right", torch.float32),
     }
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -243,7 +269,11 @@ class FlowGRPOTrainer:
         ref_model: torch.nn.Module | None = None,
         frozen_engines: Sequence[GenerationEngine] = (),
         accelerator: Accelerator | None = None,
+        rollout_backend: VLLMBackend | None = None,
     ) -> None:
+        """`rollout_backend`: the vLLM backend the planner decodes with when
+        `config.rollout_backend` is not "engine"; None makes the real one (GPU machines).
+        Tests pass a `VLLMBackend` over a stand-in for vLLM."""
         self.config = config
         self.graph = graph
         self.policy = policy
@@ -268,6 +298,16 @@ class FlowGRPOTrainer:
         self.model = model.to(self.accelerator.device)
         self.model.eval()
         self.is_lora = hasattr(model, "peft_config")
+        # Rollouts through vLLM (docs/design.md §3): the planner's requests go to it from now on.
+        self.sampler = rollout_backend
+        if self.sampler is None and config.rollout_backend != "engine":
+            self.sampler = make_vllm_backend(config, policy.tokenizer, self.accelerator)
+        if self.sampler is not None:
+            expected = {"vllm_colocate": "colocate", "vllm_server": "server"}.get(config.rollout_backend)
+            if self.sampler.mode != expected:
+                raise ValueError(f"rollout_backend={config.rollout_backend!r} but the backend given is {self.sampler.mode!r}")
+            policy.engine = self.sampler
+            self.engines[0] = self.sampler
         self.ref_model = None
         if config.beta > 0 and not self.is_lora:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model).to(fast_dtype(self.accelerator.device))
@@ -284,6 +324,11 @@ class FlowGRPOTrainer:
         self.rollout_log = RolloutLog(self.run_dir) if self.is_main else None
         if config.resume_from:
             self._resume(Path(config.resume_from))
+        self.pusher: WeightPusher | None = None
+        if self.sampler is not None:  # vLLM loaded the initial checkpoint; a resumed run has moved on
+            self.pusher = WeightPusher(self.sampler, self.model, self.run_dir / f".vllm-adapters-rank{self.rank}",
+                                       is_main=self.is_main, barrier=self.accelerator.wait_for_everyone)
+            self.pusher.push()
 
     # -- bookkeeping -----------------------------------------------------------------
     @property
@@ -403,6 +448,8 @@ class FlowGRPOTrainer:
         them (gradients dropped, counted as `skipped_updates`); training goes on.
         """
         cfg = self.config
+        correction = self._recompute_old_logprobs(samples) if self.sampler is not None else {}
+        pushing_s = self.pusher.seconds if self.pusher is not None else 0.0
         random.Random(hash((cfg.seed, self.step_done, self.rank))).shuffle(samples)
         chunks = [samples[i :: cfg.mini_batches] for i in range(cfg.mini_batches)]
         totals: Counter = Counter()
@@ -419,7 +466,43 @@ class FlowGRPOTrainer:
             stats["loss"] = totals["loss"] / totals["optimizer_steps"]
             stats["grad_norm"] = totals["grad_norm"] / totals["optimizer_steps"]
         stats["trained_tokens"] = totals["trained_tokens"]
+        stats.update(correction)
+        if self.pusher is not None:
+            stats["weight_push_s"] = self.pusher.seconds - pushing_s
         return stats
+
+    def _recompute_old_logprobs(self, samples: list[Sample]) -> dict[str, float]:
+        """vLLM sampled these tokens: replace the old log-probs by the training model's own
+        (so the PPO ratio starts at 1 and measures only this update) and set each token's
+        truncated importance weight (Eq. TIS; all ones with `sampler_correction: recompute`).
+
+        Returns the sampler-vs-trainer gap, logged every step: mean and max of
+        |logp_trainer - logp_vllm| over completion tokens, the mean weight and the
+        fraction of tokens whose ratio exceeded the cap.
+        """
+        cfg = self.config
+        tokens = gap_sum = gap_max = weight_sum = truncated = 0.0
+        with torch.no_grad():
+            for micro in _chunks(samples, cfg.micro_batch_size):
+                batch = _pad(micro, self.accelerator.device)
+                with self._autocast():  # the same computation as the update's forward
+                    logp = completion_logprobs(self.model, batch)[0].float()
+                mask, sampler = batch["token_mask"], batch["old_logprobs"]
+                ratio = torch.exp(logp - sampler)
+                weights = truncated_is_weights(logp, sampler, cfg.tis_cap) if cfg.sampler_correction == "tis" else torch.ones_like(logp)
+                gap = (logp - sampler).abs() * mask
+                tokens += mask.sum().item()
+                gap_sum += gap.sum().item()
+                gap_max = max(gap_max, gap.max().item())
+                weight_sum += (weights * mask).sum().item()
+                truncated += ((ratio > cfg.tis_cap).float() * mask).sum().item()
+                for i, s in enumerate(micro):
+                    n = len(s.completion_ids)
+                    s.sampler_logprobs, s.old_logprobs = s.old_logprobs, logp[i, :n].tolist()
+                    s.is_weights = weights[i, :n].tolist()
+        tokens = max(tokens, 1.0)
+        return {"logprob_gap_mean": gap_sum / tokens, "logprob_gap_max": gap_max,
+                "is_weight_mean": weight_sum / tokens, "is_truncated_fraction": truncated / tokens}
 
     def _optimizer_step(self, samples: list[Sample]) -> Counter:
         cfg = self.config
@@ -441,7 +524,7 @@ class FlowGRPOTrainer:
                 logp, entropy = completion_logprobs(self.model, batch, with_entropy=True)
             mask = batch["token_mask"]
             surrogate, clipped = clipped_surrogate(logp, batch["old_logprobs"], batch["advantage"][:, None], cfg.clip_eps_low, cfg.clip_eps_high)
-            per_token = -surrogate
+            per_token = -surrogate * batch["is_weight"]  # Eq. TIS (all ones unless vLLM sampled)
             kl = torch.zeros_like(logp)
             if cfg.beta > 0:
                 kl = k3_kl(logp, self._reference_logprobs(batch))
@@ -474,6 +557,8 @@ class FlowGRPOTrainer:
             return out
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
+        if self.pusher is not None:  # vLLM's copy must be the policy the next rollout samples from
+            self.pusher.push()
         out.update({"optimizer_steps": 1, "loss": loss_sum, "grad_norm": float(grad_norm), "trained_samples": len(samples)})
         return out
 
@@ -556,12 +641,19 @@ class FlowGRPOTrainer:
             metrics[{"clipped": "clip_fraction", "ratio": "ratio_mean"}.get(key, key)] = float(np.mean(values)) if values else None
         for key in ("skipped_updates", "optimizer_steps", "trained_samples"):
             metrics[key] = update.get(key, 0)
+        if self.sampler is not None:  # the sampler-vs-trainer gap (docs/design.md §3), every step
+            for key in ("logprob_gap_mean", "logprob_gap_max", "is_weight_mean", "is_truncated_fraction"):
+                values = [p[2][key] for p in parts if key in p[2]]
+                metrics[key] = (max(values) if key.endswith("_max") else float(np.mean(values))) if values else None
+            metrics["weight_pushes"] = self.pusher.version  # since the trainer started (1: the initial push)
+            metrics["weight_push_s"] = update.get("weight_push_s", 0.0)  # this step's
         metrics.update({
             "rollout_time_s": rollout_time,
             "update_time_s": update_time,
             "rollout_tokens_per_s": sum(p[3] for p in parts) / max(rollout_time, 1e-9),
             "update_tokens_per_s": update.get("trained_tokens", 0) / max(update_time, 1e-9),
-            "rollout_dtype": str(self.model.dtype).removeprefix("torch."),
+            "rollout_dtype": f"vllm-{self.config.vllm_dtype}" if self.sampler is not None else str(self.model.dtype).removeprefix("torch."),
+            "rollout_backend": self.config.rollout_backend,
             "update_dtype": "bfloat16-autocast" if self.autocast else str(self.model.dtype).removeprefix("torch."),
             "reference": "adapter-disabled" if self.is_lora else ("frozen-copy" if self.ref_model is not None else "none"),
             "processes": self.world,
