@@ -50,6 +50,10 @@ def two_updates(trainer, samples: list) -> list[dict]:
 
 
 def updates(tmp: Path) -> None:
+    import os
+
+    # torchrun starts the workers in their own sessions: the test kills them by these ids
+    (tmp / f"pid-{os.environ['RANK']}").write_text(str(os.getpid()))
     for name, (overrides, split) in UPDATE_SCENARIOS.items():
         trainer = build_trainer(tiny_config(tmp, run_name=name, **UPDATE_CONFIG, **overrides), reward_fn=first_letter_reward)
         stats = two_updates(trainer, rank_samples(split, trainer.rank))

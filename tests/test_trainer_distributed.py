@@ -13,6 +13,7 @@ The 2-process sides live in tests/distributed_worker.py; the 1-process reference
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -43,17 +44,18 @@ torch.save([p.detach() for p in trainer.model.parameters()], Path({tmp!r}) / f"w
 """
 
 
+DDP_CPU = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp_cpu.yaml"
+
+
 def _launch_command(*args: str) -> list[str]:
     launcher = Path(sys.executable).parent / "accelerate"
     if not launcher.exists():
         if shutil.which("accelerate") is None:
             pytest.skip("accelerate launcher not installed")
         launcher = Path(shutil.which("accelerate"))
-    # `--cpu` would start a single process; `--multi_gpu` starts torchrun workers, which
-    # fall back to the CPU/gloo backend when there is no GPU (the trainer asks for cpu=True).
-    # examples/accelerate/ddp_cpu.yaml says the same in a config file.
-    return [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args]
+    # The shipped launch config, so that it is what the tests exercise: 2 torchrun workers
+    # that fall back to the CPU and gloo without a GPU (the file says why it names MULTI_GPU).
+    return [str(launcher), "launch", "--config_file", str(DDP_CPU), "--main_process_port", str(_free_port()), *args]
 
 
 def _free_port() -> int:
@@ -118,8 +120,11 @@ def updates_run(tmp_path_factory) -> Path:
             assert proc.poll() is None, f"the 2-process worker exited ({proc.returncode}) before the checkpoint write"
             assert time.time() < deadline, "the 2-process worker hung (deadlock?)"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
     finally:
+        # the workers first (torchrun gives them sessions of their own), then the launcher
+        for pid_file in tmp.glob("pid-*"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -198,3 +203,27 @@ def test_sharded_resume_under_two_processes_equals_uninterrupted(updates_run):
     assert [m["step"] for m in split] == [1, 2] and [m["sharding"] for m in split] == ["fsdp2"] * 2
     assert [m["reward_mean"] for m in split] == [m["reward_mean"] for m in whole]  # same rollouts
     assert all(m["weight_gather_s"] > 0 for m in whole)
+
+
+def test_update_plan_follows_the_launch_then_sharding():
+    """Which plan runs (docs/design.md §3 table), from stand-ins for accelerate's launch state
+    (the FSDP-plugin rows need GPUs to run for real; this checks only the decision)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from agentflow.trainer.distributed import choose_plan
+
+    def launch(kind: DistributedType, processes: int = 2, fsdp2: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(distributed_type=kind, num_processes=processes, is_fsdp2=fsdp2)
+
+    assert choose_plan("fsdp", launch(DistributedType.NO, processes=1)) == "single"
+    assert choose_plan("none", launch(DistributedType.MULTI_CPU)) == "ddp"
+    assert choose_plan("fsdp", launch(DistributedType.MULTI_CPU)) == "fsdp2"
+    assert choose_plan("fsdp", launch(DistributedType.MULTI_GPU)) == "fsdp2"
+    for sharding in ("none", "fsdp"):  # the plugin wins over the training config
+        assert choose_plan(sharding, launch(DistributedType.FSDP, fsdp2=True)) == "accelerate-fsdp2"
+    with pytest.raises(ValueError, match="FSDP2 only"):
+        choose_plan("none", launch(DistributedType.FSDP, fsdp2=False))
+    with pytest.raises(ValueError, match="DeepSpeed"):
+        choose_plan("none", launch(DistributedType.DEEPSPEED))
