@@ -22,7 +22,8 @@ clip bounds (0.2 / 0.3), beta (0, TRL's default; `--beta` sets both) and aggrega
     TRL's activation checkpointing (its config default) is turned off: ours has none.
 
 The sides alternate (a, b, a, b, ...) after one warm-up each, so load from other jobs
-falls on both; the median repeat is reported. Throughput counts every token the forward
+falls on both; the median repeat is reported, by wall time (`update_vs_trl`) and by the
+process's CPU time (`update_vs_trl_cpu_time`, steadier on a shared machine). Throughput counts every token the forward
 sees (prompt + completion) per second of the optimizer step. The last line is JSON with
 `update_vs_trl` = ours / TRL. Prints figures; not a timed test.
 """
@@ -174,13 +175,13 @@ def main(argv=None) -> dict:
           f"{len(samples)} samples in {n_micro} micro-batches of {args.micro_batch}; {tokens} tokens "
           f"({completion_tokens} completion); T=0.7, clip 0.2/0.3, beta={args.beta}, token_mean = TRL dapo")
 
-    def step_ours() -> tuple[float, float]:
-        start = time.perf_counter()
+    def step_ours() -> tuple[float, float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         stats = ours.update(copy.deepcopy(samples))
-        return time.perf_counter() - start, stats["loss"]
+        return time.perf_counter() - start, time.process_time() - cpu, stats["loss"]
 
-    def step_trl() -> tuple[float, float]:
-        start = time.perf_counter()
+    def step_trl() -> tuple[float, float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         trl_model.train()
         trl_optimizer.zero_grad(set_to_none=False)
         loss_sum = 0.0
@@ -192,24 +193,32 @@ def main(argv=None) -> dict:
         trl_optimizer.step()
         trl_optimizer.zero_grad(set_to_none=False)
         trl_model.eval()
-        return time.perf_counter() - start, loss_sum
+        return time.perf_counter() - start, time.process_time() - cpu, loss_sum
 
-    (_, loss_ours), (_, loss_trl) = step_ours(), step_trl()  # warm-up; the first step's losses
+    (*_, loss_ours), (*_, loss_trl) = step_ours(), step_trl()  # warm-up; the first step's losses
     print(f"warm-up step losses: ours {loss_ours:.6f}, TRL {loss_trl:.6f} (same weights, same samples; TRL passes no "
           f"position_ids, so left-padded rows are positioned from the padding on: a small difference is expected)")
+    # wall seconds (what tokens/s means) and process CPU seconds (all threads): on a machine
+    # shared with other jobs the wall time swings with their load, CPU time much less
     times: dict[str, list[float]] = {"ours": [], "trl": []}
+    cpu_times: dict[str, list[float]] = {"ours": [], "trl": []}
     for i in range(args.repeats):
-        times["ours"].append(step_ours()[0])
-        times["trl"].append(step_trl()[0])
-        print(f"repeat {i + 1}/{args.repeats}: ours {times['ours'][-1]:.3f}s, TRL {times['trl'][-1]:.3f}s")
+        for side, step in (("ours", step_ours), ("trl", step_trl)):
+            wall, cpu, _ = step()
+            times[side].append(wall)
+            cpu_times[side].append(cpu)
+        print(f"repeat {i + 1}/{args.repeats}: ours {times['ours'][-1]:.3f}s, TRL {times['trl'][-1]:.3f}s "
+              f"(CPU time: ours {cpu_times['ours'][-1]:.2f}s, TRL {cpu_times['trl'][-1]:.2f}s)")
     ours_s, trl_s = statistics.median(times["ours"]), statistics.median(times["trl"])
+    cpu_ratio = statistics.median(cpu_times["trl"]) / statistics.median(cpu_times["ours"])
     print(f"(a) ours  FlowGRPOTrainer.update:          {ours_s:.2f}s/step = {tokens / ours_s:.1f} tok/s "
           f"({completion_tokens / ours_s:.1f} completion tok/s)")
     print(f"(b) TRL   GRPOTrainer._compute_loss+backward: {trl_s:.2f}s/step = {tokens / trl_s:.1f} tok/s "
           f"({completion_tokens / trl_s:.1f} completion tok/s)")
     out = {"update_vs_trl": round(trl_s / ours_s, 3), "ours_tokens_per_s": round(tokens / ours_s, 1),
-           "trl_tokens_per_s": round(tokens / trl_s, 1)}
-    print(f"ratio (a)/(b) tokens/s = {out['update_vs_trl']:.2f}x")
+           "trl_tokens_per_s": round(tokens / trl_s, 1), "update_vs_trl_cpu_time": round(cpu_ratio, 3)}
+    print(f"ratio (a)/(b) tokens/s = {out['update_vs_trl']:.2f}x (median wall times); "
+          f"per CPU-second {out['update_vs_trl_cpu_time']:.2f}x (median CPU times)")
     print(json.dumps(out))
     return out
 

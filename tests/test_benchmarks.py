@@ -103,7 +103,7 @@ def test_update_benchmark_quick_mode(capsys):
     out = module.main(["--quick", "--tiny"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == out
-    assert set(out) == {"update_vs_trl", "ours_tokens_per_s", "trl_tokens_per_s"}
+    assert set(out) == {"update_vs_trl", "ours_tokens_per_s", "trl_tokens_per_s", "update_vs_trl_cpu_time"}
     text = "\n".join(lines)
     ours, trl = map(float, re.search(r"repeat 1/1: ours ([\d.]+)s, TRL ([\d.]+)s", text).groups())
     assert out["update_vs_trl"] == pytest.approx(trl / ours, rel=0.02)  # times printed to 2 decimals
