@@ -49,11 +49,11 @@ def main(argv=None) -> dict:
     gathered = torch.tensor([statistics.median(times[1:])], device=accelerator.device)
     slowest = accelerator.reduce(gathered, reduction="max").item()
     out = {"processes": accelerator.num_processes, "params": sum(p.numel() for p in engine_copy.parameters()),
-           "params_per_process": local_numel(sharded), "state_dict_mb": round(total / 2**20, 1),
+           "params_per_process": local_numel(sharded), "state_dict_mib": round(total / 2**20, 1),
            "weight_gather_s": round(slowest, 4)}
     if accelerator.is_main_process:
         print(f"{'tiny' if args.tiny else 'SmolLM2-135M'}: {out['params'] / 1e6:.1f}M params, "
-              f"{out['params_per_process'] / 1e6:.1f}M per process; full fp32 state dict {out['state_dict_mb']} MB; "
+              f"{out['params_per_process'] / 1e6:.1f}M per process; full fp32 state dict {out['state_dict_mib']} MiB; "
               f"all-gather + copy into the engine's copy: median {slowest:.3f}s over {args.repeats} "
               f"(slowest process), after a warm-up")
         print(json.dumps(out))
