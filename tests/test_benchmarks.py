@@ -129,3 +129,21 @@ def test_failures_benchmark_reads_a_training_runs_rollouts(tmp_path, capsys):
     assert json.loads((run_dir / "failures.json").read_text()) == out
     trained = module.main(["--quick", "--checkpoint", str(run_dir), "--output", str(tmp_path / "trained")])
     assert trained["toolmix__trained__turns1"]["all"]["runs"] == 6  # built as the run was (tiny model, 1 turn)
+
+
+def test_update_benchmark_quick_mode(capsys):
+    """benchmarks/update_throughput.py runs both sides (our update, TRL's _compute_loss) on a
+    tiny random model; the last-line ratio is the ratio of the printed step times and both
+    sides computed a finite loss on the same samples. No speed is asserted (tiny model)."""
+    spec = importlib.util.spec_from_file_location("update_throughput", SCRIPT.parent / "update_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--tiny"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == out
+    assert set(out) == {"update_vs_trl", "ours_tokens_per_s", "trl_tokens_per_s", "update_vs_trl_cpu_time"}
+    text = "\n".join(lines)
+    ours, trl = map(float, re.search(r"repeat 1/1: ours ([\d.]+)s, TRL ([\d.]+)s", text).groups())
+    assert out["update_vs_trl"] == pytest.approx(trl / ours, rel=0.02)  # one repeat: its ratio; times to 3 decimals
+    loss_ours, loss_trl = map(float, re.search(r"losses: ours (-?[\d.]+), TRL (-?[\d.]+)", text).groups())
+    assert loss_ours == pytest.approx(loss_trl, abs=0.01)  # the same objective on the same samples
