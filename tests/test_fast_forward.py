@@ -106,3 +106,40 @@ def test_unpacked_path_for_other_dtypes(tokenizer):
     engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
     _check_against_model(engine, model, _prompts(tokenizer)[:3])
     assert engine._runner.fast is not None and not any(p.packed for p in engine._runner.fast.projections)
+
+
+def test_engines_over_one_model_share_packed_weights(tokenizer):
+    """Several engines over one model (the benchmark, an eval) hold one packed copy of its
+    weights, not one each; an update repacks once and every engine follows it; a second
+    model with equal values but its own tensors gets its own copy; the copy is freed with
+    the last engine that holds it."""
+    import gc
+    import weakref
+
+    model = tiny_model(vocab_size=len(tokenizer))
+    a = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    b = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    prompts = _prompts(tokenizer)[:2]
+    _check_against_model(a, model, prompts)
+    _check_against_model(b, model, prompts)
+    pa, pb = a._runner.fast.projections, b._runner.fast.projections
+    assert all(x.current is y.current for x, y in zip(pa, pb))
+    with torch.no_grad():  # an optimizer step, in place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    _check_against_model(a, model, prompts)
+    _check_against_model(b, model, prompts)
+    assert all(x.current is y.current for x, y in zip(pa, pb))
+
+    other = tiny_model(vocab_size=len(tokenizer))
+    other.load_state_dict(model.state_dict())
+    c = GenerationEngine(other, tokenizer, seed=0)
+    _check_against_model(c, other, prompts)
+    assert not any(x.current is z.current for x, z in zip(pa, c._runner.fast.projections))
+
+    held = weakref.ref(pa[0].current)
+    a.close()
+    b.close()
+    del a, b, pa, pb
+    gc.collect()
+    assert held() is None

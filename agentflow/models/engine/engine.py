@@ -152,11 +152,21 @@ class GenerationEngine:
         return self.submit(prompt_ids, params).result()
 
     def close(self) -> None:
-        """Let the worker finish what it holds and exit (a later submit restarts it)."""
+        """Let the worker finish what it holds and exit (a later submit restarts it), then
+        free the slot buffers and the prefix store.
+
+        An engine often outlives its use by a while: graphs and chat models hold it in
+        reference cycles, which Python frees only at a full collection, and that is
+        triggered by object counts, not by the hundreds of MB of keys/values it holds
+        (docs/design.md §4, "Memory"). A later submit allocates them again."""
         worker = self._worker
         if worker is not None and worker.is_alive():
             self._queue.put(None)
             worker.join()
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._prefixes.clear()
+                self._reset_state()
 
     def reseed(self, seed: int) -> None:
         """Restart the stream that draws per-request seeds (for reproducible runs)."""
