@@ -28,7 +28,9 @@ plus its active adapters' `get_delta_weight`, what `merge_adapter` would write, 
 into the packed copy and not into the model. Packed copies are rebuilt whenever a source
 tensor changes (version counter or identity) or the adapter state does, so a trainer that
 updates the policy between rollouts decodes with its new weights. Memory: one packed copy
-of every projection and of the LM head (~540 MB for the 135M model in fp32).
+of every projection and of the LM head (~540 MB for the 135M model in fp32), shared by
+every engine over the same tensors (`_Packed`). bf16 weights are packed as well where bf16
+is fast (AMX, AVX512-BF16): same logits as F.linear, a faster step (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from agentflow.models.engine.kv_cache import Segment
+from agentflow.models.loading import bf16_is_fast
 
 # Same block structure as Llama (pre-norm, q/k/v/o + gated MLP, rotary): qwen2 adds q/k/v
 # biases, which the fused projection carries.
@@ -115,9 +118,14 @@ _SHARED_LOCK = threading.Lock()
 
 
 def _packs(weight: torch.Tensor) -> bool:
-    """Whether to reorder `weight` once for oneDNN: fp32 on CPU (22 vs 9.5 GFLOP/s for MKL
-    `F.linear` at M=5 on the AVX2 machine, docs/design.md §4)."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    """Whether to reorder `weight` once for oneDNN's blocked layout: fp32 on CPU (22 vs 9.5
+    GFLOP/s for MKL `F.linear` at M=5 on the AVX2 machine), and bf16 on CPUs with bf16
+    matrix units (`bf16_is_fast`: AMX or AVX512-BF16), where the packed product gives the
+    same logits as `F.linear` and a 5-row decode step is ~15% faster (docs/design.md §4).
+    Elsewhere bf16 is emulated and float64 has no oneDNN kernel: `F.linear`."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and bf16_is_fast("cpu"))
 
 
 class _Projection:
