@@ -11,10 +11,10 @@
 Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7, seed.
 Then raw `model.generate` vs the engine alone at batch 5 and 20 (same prompt, same number
 of tokens, EOS ignored), the engine's decode ms/step at 1 and 5 rows and at G=8 (and its
-ratio to the single-row step), achieved GFLOP/s next to a large matmul, peak RSS and the
-whole wall time, and at G=8 the engine's prefix cache off vs on and its lean forward off vs
-on. The last line is one JSON object. Prints
-figures; not a timed test.
+ratio to the single-row step), achieved GFLOP/s next to a large matmul, peak RSS (after each
+phase too, to tell which one sets it) and the whole wall time, and at G=8 the engine's
+prefix cache off vs on and its lean forward off vs on. The last line is one JSON object.
+Prints figures; not a timed test.
 """
 
 from __future__ import annotations
@@ -269,7 +269,8 @@ def main(argv=None) -> dict:
     def show(name, r):
         tps = r["runs"] / r["wall"]
         print(f"{name}: {r['runs']} runs in {r['wall']:.1f}s = {tps:.4g} traj/s; turns/traj {statistics.mean(r['turns']):.2f} "
-              f"{r['turns']}; calls/traj {r['calls'] / r['runs']:.1f}; completion tok/s {r['tokens'] / r['wall']:.1f}")
+              f"{r['turns']}; calls/traj {r['calls'] / r['runs']:.1f}; completion tok/s {r['tokens'] / r['wall']:.1f}; "
+              f"peak RSS so far {rss_mb():.0f} MB")
         return tps
 
     peer = run_peer(model, tokenizer, args)
@@ -299,13 +300,14 @@ def main(argv=None) -> dict:
     print(f"prefix cache G=8: off {8 / off['wall']:.3f} traj/s (prefill {off['prefill_s']:.1f}s for {off['prefill_tokens']} tok) "
           f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s for {g8['prefill_tokens']} tok, "
           f"{g8['prefix_tokens_reused']} reused) -> {off['wall'] / g8['wall']:.2f}x; sampling differs run to run "
-          f"(turns off {statistics.mean(off['turns']):.2f}, on {statistics.mean(g8['turns']):.2f})")
+          f"(turns off {statistics.mean(off['turns']):.2f}, on {statistics.mean(g8['turns']):.2f}); peak RSS so far {rss_mb():.0f} MB")
 
     hf = run_engine(model, tokenizer, args, 8, fast_forward=False)
     print(f"lean forward G=8: off (transformers' forward) {8 / hf['wall']:.3f} traj/s (prefill {hf['prefill_s']:.1f}s, "
           f"decode-only {hf['decode_s']:.1f}s = {hf['decode_ms_per_step']:.0f} ms/step at {hf['mean_rows']:.1f} rows) "
           f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s, decode-only {g8['decode_s']:.1f}s = "
-          f"{g8['decode_ms_per_step']:.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x")
+          f"{g8['decode_ms_per_step']:.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x; "
+          f"peak RSS so far {rss_mb():.0f} MB")
 
     prompt = planner_prompt(model, tokenizer, args)
     # Fixed at 5 rows (not the rollouts' mean batch, which moves with the sampled turns), so
@@ -315,7 +317,8 @@ def main(argv=None) -> dict:
     print(f"raw generate vs engine, batch {batch} (fixed; EOS ignored), prompt {len(prompt)} tok, "
           f"{args.max_new_tokens} new: raw {cmp8['raw_tok_s']:.1f} tok/s, engine {cmp8['engine_tok_s']:.1f} tok/s, "
           f"engine/raw {cmp8['engine_tok_s'] / cmp8['raw_tok_s']:.2f}x (runs raw {[round(x) for x in cmp8['raw_all']]}, "
-          f"engine {[round(x) for x in cmp8['engine_all']]}); engine with prefix cache {cmp8['cached_tok_s']:.1f} tok/s")
+          f"engine {[round(x) for x in cmp8['engine_all']]}); engine with prefix cache {cmp8['cached_tok_s']:.1f} tok/s; "
+          f"peak RSS so far {rss_mb():.0f} MB")
     print(f"engine end-to-end in the graph, G=8: {g8['engine_tokens'] / g8['wall']:.1f} tok/s")
     single = decode_ms_per_step(model, tokenizer, args, prompt, 1, reps=1 if args.quick else 2)
     five = decode_ms_per_step(model, tokenizer, args, prompt, 5, reps=1 if args.quick else 2)
@@ -326,7 +329,7 @@ def main(argv=None) -> dict:
         b32 = 20  # fixed, as batch 5 above
         cmp32 = raw_vs_engine(model, tokenizer, args, b32, prompt, reps=2)
         print(f"raw generate vs engine, batch {b32} (fixed; EOS ignored): raw {cmp32['raw_tok_s']:.1f}, engine {cmp32['engine_tok_s']:.1f}, "
-              f"engine/raw {cmp32['engine_tok_s'] / cmp32['raw_tok_s']:.2f}x")
+              f"engine/raw {cmp32['engine_tok_s'] / cmp32['raw_tok_s']:.2f}x; peak RSS so far {rss_mb():.0f} MB")
         if args.compare_generate_batch:
             gb = generate_batch_tok_s(model, tokenizer, prompt, 32, args.max_new_tokens)
             print(f"transformers generate_batch, 32 requests: {gb and round(gb, 1)} tok/s")
