@@ -9,10 +9,12 @@
 (b) the engine: `graph.batch([...] * G, max_concurrency=G)` with `LocalChatModel`,
     G = 8 and G = 32.
 Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7, seed.
-Then raw `model.generate` vs the engine alone at the batch size the engine reached (same
-prompt, same number of tokens), achieved GFLOP/s next to a large matmul, peak RSS, and at
-G=8 the engine's prefix cache off vs on and its lean forward off vs on. The last line is one JSON object. Prints
-figures; not a timed test.
+Then raw `model.generate` vs the engine alone at batch 5 and 20 (same prompt, same number
+of tokens, EOS ignored), the engine's decode ms/step at 1 and 5 rows and at G=8 (and its
+ratio to the single-row step), achieved GFLOP/s next to a large matmul, peak RSS (after each
+phase too, to tell which one sets it) and the whole wall time, and at G=8 the engine's
+prefix cache off vs on and its lean forward off vs on. The last line is one JSON object.
+Prints figures; not a timed test.
 """
 
 from __future__ import annotations
@@ -202,6 +204,25 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
             "cached_tok_s": statistics.median(eng_cached), "raw_all": raw, "engine_all": eng}
 
 
+def decode_ms_per_step(model, tokenizer, args, prompt: list[int], rows: int, reps: int) -> float:
+    """The engine's decode-only ms per step with `rows` rows of `prompt` (EOS ignored,
+    `max_new_tokens` each): rows=1 is the single-stream step, the bandwidth floor's
+    stand-in on this machine (one pass over the weights for one row)."""
+    from agentflow.models import GenerationEngine, SamplingParams
+
+    engine = GenerationEngine(model, tokenizer, max_batch_size=max(rows, 1), seed=args.seed, prefix_cache_tokens=0)
+    engine.eos_ids = set()
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7)
+    [f.result() for f in [engine.submit(prompt, params) for _ in range(rows)]]  # warm-up
+    best = float("inf")
+    for _ in range(reps):  # the least loaded repetition: other processes only add time
+        engine.stats.clear()
+        [f.result() for f in [engine.submit(prompt, params) for _ in range(rows)]]
+        best = min(best, 1000 * engine.stats["decode_s"] / max(engine.stats["decode_steps"], 1))
+    engine.close()
+    return best
+
+
 def generate_batch_tok_s(model, tokenizer, prompt, batch, n) -> float | None:
     """transformers' own continuous batching, for the record (docs/design.md §4)."""
     from transformers import GenerationConfig
@@ -231,6 +252,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="G=8 rollouts to take the median of (default 3, quick 1)")
     p.add_argument("--compare-generate-batch", action="store_true", help="also time transformers' generate_batch")
     args = p.parse_args(argv)
+    started = time.perf_counter()  # the whole run's wall time counts (compile or pack time included)
     if args.dtype == "auto":
         from agentflow.models import fast_dtype
 
@@ -246,8 +268,9 @@ def main(argv=None) -> dict:
 
     def show(name, r):
         tps = r["runs"] / r["wall"]
-        print(f"{name}: {r['runs']} runs in {r['wall']:.1f}s = {tps:.3f} traj/s; turns/traj {statistics.mean(r['turns']):.2f} "
-              f"{r['turns']}; calls/traj {r['calls'] / r['runs']:.1f}; completion tok/s {r['tokens'] / r['wall']:.1f}")
+        print(f"{name}: {r['runs']} runs in {r['wall']:.1f}s = {tps:.4g} traj/s; turns/traj {statistics.mean(r['turns']):.2f} "
+              f"{r['turns']}; calls/traj {r['calls'] / r['runs']:.1f}; completion tok/s {r['tokens'] / r['wall']:.1f}; "
+              f"peak RSS so far {rss_mb():.0f} MB")
         return tps
 
     peer = run_peer(model, tokenizer, args)
@@ -277,28 +300,36 @@ def main(argv=None) -> dict:
     print(f"prefix cache G=8: off {8 / off['wall']:.3f} traj/s (prefill {off['prefill_s']:.1f}s for {off['prefill_tokens']} tok) "
           f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s for {g8['prefill_tokens']} tok, "
           f"{g8['prefix_tokens_reused']} reused) -> {off['wall'] / g8['wall']:.2f}x; sampling differs run to run "
-          f"(turns off {statistics.mean(off['turns']):.2f}, on {statistics.mean(g8['turns']):.2f})")
+          f"(turns off {statistics.mean(off['turns']):.2f}, on {statistics.mean(g8['turns']):.2f}); peak RSS so far {rss_mb():.0f} MB")
 
     hf = run_engine(model, tokenizer, args, 8, fast_forward=False)
     print(f"lean forward G=8: off (transformers' forward) {8 / hf['wall']:.3f} traj/s (prefill {hf['prefill_s']:.1f}s, "
           f"decode-only {hf['decode_s']:.1f}s = {hf['decode_ms_per_step']:.0f} ms/step at {hf['mean_rows']:.1f} rows) "
           f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s, decode-only {g8['decode_s']:.1f}s = "
-          f"{g8['decode_ms_per_step']:.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x")
+          f"{g8['decode_ms_per_step']:.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x; "
+          f"peak RSS so far {rss_mb():.0f} MB")
 
     prompt = planner_prompt(model, tokenizer, args)
-    batch = max(1, round(g8["mean_rows"]))
+    # Fixed at 5 rows (not the rollouts' mean batch, which moves with the sampled turns), so
+    # runs compare; EOS ignored, max_new_tokens a row (48 by default).
+    batch = 5
     cmp8 = raw_vs_engine(model, tokenizer, args, batch, prompt, reps=1 if args.quick else 3)
-    print(f"raw generate vs engine, batch {batch} (engine's mean rows at G=8), prompt {len(prompt)} tok, "
+    print(f"raw generate vs engine, batch {batch} (fixed; EOS ignored), prompt {len(prompt)} tok, "
           f"{args.max_new_tokens} new: raw {cmp8['raw_tok_s']:.1f} tok/s, engine {cmp8['engine_tok_s']:.1f} tok/s, "
           f"engine/raw {cmp8['engine_tok_s'] / cmp8['raw_tok_s']:.2f}x (runs raw {[round(x) for x in cmp8['raw_all']]}, "
-          f"engine {[round(x) for x in cmp8['engine_all']]}); engine with prefix cache {cmp8['cached_tok_s']:.1f} tok/s")
+          f"engine {[round(x) for x in cmp8['engine_all']]}); engine with prefix cache {cmp8['cached_tok_s']:.1f} tok/s; "
+          f"peak RSS so far {rss_mb():.0f} MB")
     print(f"engine end-to-end in the graph, G=8: {g8['engine_tokens'] / g8['wall']:.1f} tok/s")
+    single = decode_ms_per_step(model, tokenizer, args, prompt, 1, reps=1 if args.quick else 2)
+    five = decode_ms_per_step(model, tokenizer, args, prompt, 5, reps=1 if args.quick else 2)
+    print(f"decode ms/step: 1 row {single:.1f}, 5 rows {five:.1f} ({five / single:.2f}x the single-row step), "
+          f"G=8 rollouts {g8['decode_ms_per_step']:.1f} at {g8['mean_rows']:.1f} rows ({g8['decode_ms_per_step'] / single:.2f}x)")
     cmp32 = None
     if not args.quick:
-        b32 = max(1, round(results[32]["mean_rows"]))
+        b32 = 20  # fixed, as batch 5 above
         cmp32 = raw_vs_engine(model, tokenizer, args, b32, prompt, reps=2)
-        print(f"raw generate vs engine, batch {b32} (G=32): raw {cmp32['raw_tok_s']:.1f}, engine {cmp32['engine_tok_s']:.1f}, "
-              f"engine/raw {cmp32['engine_tok_s'] / cmp32['raw_tok_s']:.2f}x")
+        print(f"raw generate vs engine, batch {b32} (fixed; EOS ignored): raw {cmp32['raw_tok_s']:.1f}, engine {cmp32['engine_tok_s']:.1f}, "
+              f"engine/raw {cmp32['engine_tok_s'] / cmp32['raw_tok_s']:.2f}x; peak RSS so far {rss_mb():.0f} MB")
         if args.compare_generate_batch:
             gb = generate_batch_tok_s(model, tokenizer, prompt, 32, args.max_new_tokens)
             print(f"transformers generate_batch, 32 requests: {gb and round(gb, 1)} tok/s")
@@ -308,12 +339,16 @@ def main(argv=None) -> dict:
     achieved = 2 * params * best / 1e9
     print(f"achieved (engine decode, 2*params*tok/s): {achieved:.1f} GFLOP/s; ceiling: matmul bf16 {n_bf16}^3 {bf16:.1f} GFLOP/s, "
           f"fp32 {n_fp32}^3 {fp32:.0f} GFLOP/s -> {achieved / (bf16 if args.dtype == 'bfloat16' else fp32) * 100:.1f}% of the {args.dtype} ceiling")
-    print(f"peak RSS {rss_mb():.0f} MB; load now {os.getloadavg()}")
+    total = time.perf_counter() - started
+    print(f"peak RSS {rss_mb():.0f} MB; whole benchmark wall {total / 60:.1f} min; load now {os.getloadavg()}")
     out = {
         "speedup_vs_peer": round((8 / g8["wall"]) / peer_tps, 3),
         "speedup_vs_peer_32": round((32 / results[32]["wall"]) / peer_tps, 3) if 32 in results else None,
         "engine_vs_raw": round(cmp8["engine_tok_s"] / cmp8["raw_tok_s"], 3),
         "peak_rss_mb": round(rss_mb(), 1),
+        "decode_ms_per_step_g8": round(g8["decode_ms_per_step"], 1),
+        "decode_ms_per_step_1row": round(single, 1),
+        "wall_min": round(total / 60, 2),
     }
     print(json.dumps(out))
     return out

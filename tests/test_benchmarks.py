@@ -22,16 +22,19 @@ def test_rollout_benchmark_quick_mode(capsys):
     out = module.main(["--quick", "--tiny", "--max-new-tokens", "4"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == out
-    assert set(out) == {"speedup_vs_peer", "speedup_vs_peer_32", "engine_vs_raw", "peak_rss_mb"}
+    assert set(out) == {"speedup_vs_peer", "speedup_vs_peer_32", "engine_vs_raw", "peak_rss_mb",
+                        "decode_ms_per_step_g8", "decode_ms_per_step_1row", "wall_min"}
     text = "\n".join(lines)
     peer = float(re.search(r"\(a\) peer .*?= ([\d.]+) traj/s", text).group(1))
     runs, engine = re.search(r"\(b\) engine G=8: (\d+) runs in [\d.]+s = ([\d.]+) traj/s", text).groups()
     assert int(runs) == 8
     assert out["speedup_vs_peer"] == pytest.approx(float(engine) / peer, rel=2e-3)
-    raw, eng = re.search(r"raw generate vs engine, batch \d+ .*?: raw ([\d.]+) tok/s, engine ([\d.]+) tok/s", text).groups()
+    raw, eng = re.search(r"raw generate vs engine, batch 5 .*?: raw ([\d.]+) tok/s, engine ([\d.]+) tok/s", text).groups()
     assert out["engine_vs_raw"] == pytest.approx(float(eng) / float(raw), rel=2e-3)
     reused, total = map(int, re.search(r"reused from the prefix cache (\d+) of (\d+)", text).groups())
     assert 0 < reused < total
+    one, g8 = map(float, re.search(r"decode ms/step: 1 row ([\d.]+), .*G=8 rollouts ([\d.]+) at", text).groups())
+    assert (out["decode_ms_per_step_1row"], out["decode_ms_per_step_g8"]) == pytest.approx((one, g8), abs=0.051)
     assert out["peak_rss_mb"] == pytest.approx(float(re.search(r"peak RSS (\d+) MB", text).group(1)), abs=1)
 
 
@@ -150,3 +153,21 @@ def test_parse_rates_benchmark_quick_mode(capsys):
             assert rates["parse_rate"] == rates["parsed"] / rates["calls"]
     assert local["decode_steps_per_run"] > 0
     assert any(line.startswith("local ") for line in lines)
+
+
+def test_update_benchmark_quick_mode(capsys):
+    """benchmarks/update_throughput.py runs both sides (our update, TRL's _compute_loss) on a
+    tiny random model; the last-line ratio is the ratio of the printed step times and both
+    sides computed a finite loss on the same samples. No speed is asserted (tiny model)."""
+    spec = importlib.util.spec_from_file_location("update_throughput", SCRIPT.parent / "update_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--tiny"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == out
+    assert set(out) == {"update_vs_trl", "ours_tokens_per_s", "trl_tokens_per_s", "update_vs_trl_cpu_time"}
+    text = "\n".join(lines)
+    ours, trl = map(float, re.search(r"repeat 1/1: ours ([\d.]+)s, TRL ([\d.]+)s", text).groups())
+    assert out["update_vs_trl"] == pytest.approx(trl / ours, rel=0.02)  # one repeat: its ratio; times to 3 decimals
+    loss_ours, loss_trl = map(float, re.search(r"losses: ours (-?[\d.]+), TRL (-?[\d.]+)", text).groups())
+    assert loss_ours == pytest.approx(loss_trl, abs=0.01)  # the same objective on the same samples

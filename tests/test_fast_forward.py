@@ -100,9 +100,72 @@ def test_uncovered_model_falls_back_to_transformers(tokenizer):
 
 
 def test_unpacked_path_for_other_dtypes(tokenizer):
-    """Weights are packed for oneDNN only in fp32 on CPU; other dtypes/devices (bf16 where
-    it is fast, CUDA) use the fused weights with F.linear. float64 checks that path exactly."""
+    """Weights are packed for oneDNN in fp32 on CPU, and in bf16 where bf16 is fast; other
+    dtypes/devices (float64, emulated bf16, CUDA) use the fused weights with F.linear.
+    float64 checks that path exactly."""
     model = tiny_model(vocab_size=len(tokenizer)).to(torch.float64)
     engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
     _check_against_model(engine, model, _prompts(tokenizer)[:3])
     assert engine._runner.fast is not None and not any(p.packed for p in engine._runner.fast.projections)
+
+
+def test_engines_over_one_model_share_packed_weights(tokenizer):
+    """Several engines over one model (the benchmark, an eval) hold one packed copy of its
+    weights, not one each; an update repacks once and every engine follows it; a second
+    model with equal values but its own tensors gets its own copy; the copy is freed with
+    the last engine that holds it."""
+    import gc
+    import weakref
+
+    model = tiny_model(vocab_size=len(tokenizer))
+    a = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    b = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    prompts = _prompts(tokenizer)[:2]
+    _check_against_model(a, model, prompts)
+    _check_against_model(b, model, prompts)
+    pa, pb = a._runner.fast.projections, b._runner.fast.projections
+    assert all(x.current is y.current for x, y in zip(pa, pb))
+    with torch.no_grad():  # an optimizer step, in place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    _check_against_model(a, model, prompts)
+    _check_against_model(b, model, prompts)
+    assert all(x.current is y.current for x, y in zip(pa, pb))
+
+    other = tiny_model(vocab_size=len(tokenizer))
+    other.load_state_dict(model.state_dict())
+    c = GenerationEngine(other, tokenizer, seed=0)
+    _check_against_model(c, other, prompts)
+    assert not any(x.current is z.current for x, z in zip(pa, c._runner.fast.projections))
+
+    held = weakref.ref(pa[0].current)
+    a.close()
+    b.close()
+    del a, b, pa, pb
+    gc.collect()
+    assert held() is None
+
+
+def test_bf16_weights_are_packed_where_bf16_is_fast(tokenizer, monkeypatch):
+    """bf16 weights are packed for oneDNN on CPUs with bf16 matrix units (AMX, AVX512-BF16)
+    and left to F.linear elsewhere; packed or not, the engine's tokens and log-probs agree."""
+    import weakref
+
+    from agentflow.models import bf16_is_fast
+    from agentflow.models.engine import fast_forward
+
+    model = tiny_model(vocab_size=len(tokenizer)).to(torch.bfloat16)
+    prompts = _prompts(tokenizer)[:3]
+    params = SamplingParams(max_new_tokens=8)
+    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0)
+    packed = [f.result() for f in [engine.submit(p, params) for p in prompts]]
+    assert all(p.packed for p in engine._runner.fast.projections) == bf16_is_fast("cpu")
+    # the same model with packing off (and a table of its own, or it would share the packed copy)
+    monkeypatch.setattr(fast_forward, "_packs", lambda weight: False)
+    monkeypatch.setattr(fast_forward, "_SHARED", weakref.WeakValueDictionary())
+    plain = GenerationEngine(model, tokenizer, seed=0, prefix_cache_tokens=0)
+    unpacked = [f.result() for f in [plain.submit(p, params) for p in prompts]]
+    assert not any(p.packed for p in plain._runner.fast.projections)
+    for a, b in zip(packed, unpacked):
+        assert a.completion_ids == b.completion_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)

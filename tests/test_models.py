@@ -221,3 +221,18 @@ def test_slot_cache_window_follows_its_rows():
 
     cache.move_rows([], keep=0)
     assert cache.rows == 0 and cache.live == 0
+
+
+def test_close_frees_buffers_and_a_later_submit_restarts(tokenizer):
+    """A closed engine holds no keys/values (graphs keep engines alive in reference cycles
+    until a full collection); a later request allocates them again and gets the same answer."""
+    engine = GenerationEngine(tiny_model(vocab_size=len(tokenizer)), tokenizer, seed=0, prefix_cache_min=8)
+    prompt = _graph_like_prompts(tokenizer)[0]
+    params = SamplingParams(max_new_tokens=6)
+    first = engine.generate(prompt, params)
+    assert engine._cache.slots > 0 and engine._prefixes.tokens > 0
+    engine.close()
+    assert engine._cache.slots == 0 and engine._prefixes.tokens == 0
+    again = engine.generate(prompt, params)
+    assert again.completion_ids == first.completion_ids
+    assert again.logprobs == pytest.approx(first.logprobs, abs=1e-4)

@@ -11,6 +11,7 @@ from agentflow.trainer.config import FlowGRPOConfig
 from agentflow.trainer.flow_grpo import (
     Sample,
     _pad,
+    BatchTotals,
     aggregation_weights,
     build_samples,
     clipped_surrogate,
@@ -84,6 +85,20 @@ def test_loss_aggregations():
     # run_mean: a run weighs 1/2 whatever its token count
     w = aggregation_weights([2, 2, 4], ["A", "A", "B"], "run_mean")
     assert (w[0] * 2 + w[1] * 2, w[2] * 4) == pytest.approx((0.5, 0.5))
+
+
+def test_global_totals_give_each_process_the_weights_of_the_whole_batch():
+    """Process 0 holds run A (1 + 3 tokens), process 1 run B (4 tokens) and run C (2 tokens):
+    with the totals of both, each process's weights are its slice of the 1-process weights;
+    with its own counts only (the old per-process normalisation) they are not."""
+    lengths, runs = [1, 3, 4, 2], ["A", "A", "B", "C"]
+    totals = BatchTotals(tokens=10, samples=4, runs=3)
+    for mode in ("token_mean", "sample_mean", "run_mean"):
+        whole = aggregation_weights(lengths, runs, mode)
+        split = aggregation_weights(lengths[:2], runs[:2], mode, totals) + aggregation_weights(lengths[2:], runs[2:], mode, totals)
+        assert split == pytest.approx(whole), mode
+        local = aggregation_weights(lengths[:2], runs[:2], mode) + aggregation_weights(lengths[2:], runs[2:], mode)
+        assert local != pytest.approx(whole), mode
 
 
 def test_pad_aligns_every_completion_at_one_column():

@@ -29,7 +29,7 @@ from vllm_standin import STANDIN_API, StandInClient, StandInLLM
 from agentflow.models import GenerationBackend, LocalChatModel, SamplingParams, tiny_model
 from agentflow.models.vllm_backend import VLLMBackend
 from agentflow.trainer import build_trainer, collect_rollouts, read_metrics
-from agentflow.trainer.flow_grpo import _pad, build_samples, completion_logprobs
+from agentflow.trainer.flow_grpo import _pad, build_samples, completion_logprobs, sampler_gap_metrics
 from agentflow.trainer.vllm_rollout import hf_weights
 
 Reply = tuple[int, dict]  # HTTP status, JSON body
@@ -200,7 +200,7 @@ def test_old_logprobs_are_recomputed_and_importance_weights_truncated(tmp_path, 
 
     samples = rollout()
     sampled = [list(s.old_logprobs) for s in samples]
-    stats = trainer._recompute_old_logprobs(samples)
+    stats = sampler_gap_metrics([trainer._recompute_old_logprobs(samples)])
     gaps = []
     for s, reported in zip(samples, sampled):
         assert s.sampler_logprobs == reported
@@ -215,7 +215,7 @@ def test_old_logprobs_are_recomputed_and_importance_weights_truncated(tmp_path, 
 
     llm.weights.sample = sample_and_misreport  # ratio e^1 = 2.72 > cap 2: every token truncated
     samples = rollout()
-    stats = trainer._recompute_old_logprobs(samples)
+    stats = sampler_gap_metrics([trainer._recompute_old_logprobs(samples)])
     assert stats["is_truncated_fraction"] == 1.0 and stats["logprob_gap_mean"] == pytest.approx(1.0, abs=0.01)
     assert all(w == pytest.approx(2.0) for s in samples for w in s.is_weights)
     trainer.config.sampler_correction = "recompute"  # recomputation only: no weights

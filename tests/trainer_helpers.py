@@ -34,3 +34,34 @@ def first_letter_reward(state: Any, item: Any) -> float:
 
 def tiny_config(tmp_path, **overrides: Any) -> dict[str, Any]:
     return {**TINY, "output_dir": str(tmp_path / "runs"), "run_name": "run", **overrides}
+
+
+def synthetic_samples(seed: int = 0, runs: int = 6, turns: int = 2) -> list:
+    """Planner turns with fixed random tokens, sampling log-probs and per-run advantages, so
+    that an update can be replayed exactly by 1 or 2 processes (rollouts differ by rank).
+    Lengths vary per run, so runs 0-1 and runs 2-5 hold different numbers of tokens: a
+    per-process normalisation would weigh them differently from the global one."""
+    import random
+
+    from agentflow.trainer.flow_grpo import Sample
+
+    rng = random.Random(seed)
+    samples = []
+    for run in range(runs):
+        advantage = rng.choice([-1, 1]) * rng.uniform(0.5, 1.5)
+        for _ in range(turns):
+            n = rng.randint(1, 3) if run < 2 else rng.randint(4, 7)
+            samples.append(Sample(
+                prompt_ids=[rng.randrange(49152) for _ in range(rng.randint(3, 9))],
+                completion_ids=[rng.randrange(49152) for _ in range(n)],
+                old_logprobs=[rng.uniform(-11.5, -10.0) for _ in range(n)],
+                temperature=0.7, advantage=advantage, run_id=(run // 4, run % 4),
+            ))
+    return samples
+
+
+def full_weights(trainer) -> dict:
+    """The planner's full weights: the rollout engine's copy (gathered after every optimizer
+    step when the update is sharded), else the trained module itself."""
+    model = trainer.policy.engine.model if trainer.sharded else trainer.model
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}

@@ -7,9 +7,19 @@ are ignored by `latest_checkpoint` and cleaned up by the next save.
 
 Layout of `<run_dir>/checkpoints/step-000010/`:
     planner/            full model (model.safetensors + config.json) or LoRA adapter (peft format)
-    optimizer.pt        optimizer state
+    optimizer.pt        optimizer state (unsharded runs)
+    sharded/            FSDP2 runs: model and optimizer shards, torch.distributed.checkpoint (DCP)
     rng-<rank>.pt       python / numpy / torch RNG states of each process
     trainer_state.json  step, config
+
+Sharded runs (FSDP2, docs/design.md §3) write their model and optimizer state with DCP:
+every process writes its own shards in parallel, nobody gathers the optimizer state (2x
+the parameters with AdamW), and DCP can reload onto another number of processes. We call
+DCP ourselves rather than `accelerator.save_state` because accelerate does not manage the
+sharding on CPUs (`distributed.py`); under accelerate's FSDP2 plugin the model is the same
+FSDP2 module and takes the same path. `planner/` is still written in full (from the rollout
+engine's gathered copy), so a sharded checkpoint loads for evaluation without a process group.
+The shards go into the same temporary directory, so atomicity is unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentflow.trainer.distributed import is_sharded
+
 CHECKPOINTS = "checkpoints"
+SHARDED = "sharded"
 _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
 
@@ -102,6 +115,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     config: dict[str, Any],
+    planner: torch.nn.Module | None = None,
     tokenizer: Any = None,
     keep: int = 2,
     rank: int = 0,
@@ -112,7 +126,13 @@ def save_checkpoint(
 
     The temporary directory's name is a function of the step, so all processes agree on
     it without communicating; `barrier` orders the main process's rename after them.
+    `planner` is the full-weight module written to planner/ (default: `model`); a sharded
+    `model` must come with one, since its own parameters are shards.
     """
+    sharded = is_sharded(model)
+    planner = planner if planner is not None else model
+    if is_sharded(planner):
+        raise ValueError("planner/ needs full weights: pass the unsharded copy as `planner`")
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f"{_TMP_PREFIX}{final.name}"
     if is_main:
@@ -121,12 +141,20 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+    if sharded:  # a collective: every process writes its shards
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / SHARDED)
     barrier()
     if is_main:
-        save_planner(model, tmp / "planner", tokenizer)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_planner(planner, tmp / "planner", tokenizer)
+        if not sharded:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         # written last: its presence is what marks a checkpoint directory complete
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": config}, indent=2))
+        state = {"step": step, "sharded": sharded, "config": config}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (a resumed run interrupted at once)
             shutil.rmtree(final)
@@ -139,11 +167,32 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, rank: int = 0
 ) -> dict[str, Any]:
-    """Restore weights, optimizer and this process's RNG; returns trainer_state.json."""
+    """Restore weights, optimizer and this process's RNG; returns trainer_state.json.
+
+    A sharded `model` (FSDP2) restores model and optimizer from the DCP shards (every
+    process calls this: it is a collective); an unsharded one from planner/ and
+    optimizer.pt. An unsharded model can take the weights of a sharded checkpoint
+    (planner/ is full) but not its optimizer state.
+    """
     state = json.loads((path / "trainer_state.json").read_text())
-    load_planner(model, path / "planner")
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if is_sharded(model):
+        if not (path / SHARDED).is_dir():
+            raise ValueError(f"{path} is not a sharded checkpoint: resume it with sharding: none")
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        if optimizer is None:
+            raise ValueError("loading a sharded model needs its optimizer too (the shards hold both)")
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        shards = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(shards, checkpoint_id=path / SHARDED)  # in place, into the tensors of `shards`
+        set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    else:
+        load_planner(model, path / "planner")
+        if optimizer is not None:
+            if not (path / "optimizer.pt").is_file():
+                raise ValueError(f"{path} is a sharded checkpoint: its optimizer state resumes with sharding: fsdp")
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     rng_file = path / f"rng-{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))

@@ -132,6 +132,11 @@ class FlowGRPOConfig(BaseModel):
     # dtype of the frozen copy that serves the executor/verifier/generator and, with full
     # fine-tuning, is the KL reference (bf16 halves its memory; it is only fast with bf16 matrix units)
     frozen_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 only where it is fast
+    # none: every process holds the whole planner (one process, or DDP under `accelerate launch`);
+    # fsdp: PyTorch FSDP2 (`fully_shard`) splits the planner's parameters, gradients and optimizer
+    # state over the processes, on CPUs too. An accelerate launch config with the FSDP2 plugin
+    # (GPUs) shards whatever this says; docs/design.md §3 "Distributed update".
+    sharding: Literal["none", "fsdp"] = "none"
 
     # -- LoRA ---------------------------------------------------------------------------
     lora: bool = False

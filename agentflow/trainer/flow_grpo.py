@@ -21,12 +21,14 @@ One training step (`FlowGRPOTrainer.step`), in the order of the paper (docs/desi
    log-probs are computed with the sampling temperature: log softmax(logits / T).
 
 Weight sync design: the policy `LocalChatModel`'s engine decodes with `engine.model`,
-and that module IS the one the optimizer updates (fp32 master weights; with LoRA the
-engine holds the peft-wrapped model, so the adapter is live in generation without
-merging). Rollout and update never overlap (each step rolls out, then updates), so after
-`optimizer.step()` the next rollout already samples from the new weights: there is no
-copy to push and nothing to get stale. The price is fp32 decoding of the policy (the
+and without sharding that module IS the one the optimizer updates (fp32 master weights;
+with LoRA the engine holds the peft-wrapped model, so the adapter is live in generation
+without merging). Rollout and update never overlap (each step rolls out, then updates),
+so after `optimizer.step()` the next rollout already samples from the new weights: there
+is no copy to push and nothing to get stale. The price is fp32 decoding of the policy (the
 frozen modules may use a bf16 copy); the rollout/update dtypes are logged per step.
+Under FSDP2 the optimizer updates shards, so the engine keeps a full copy and the shards
+are all-gathered into it after every optimizer step (`weight_gather_s` per step).
 
 Rollouts through vLLM (`rollout_backend: vllm_colocate | vllm_server`, docs/design.md §3):
 the planner's requests go to vLLM instead (`self.sampler`), which holds its own copy of
@@ -36,12 +38,18 @@ the weights. `WeightPusher.push` hands it the updated tensors after every optimi
 token by the truncated importance ratio min(pi_trainer / pi_vllm, C) (Eq. TIS) and logs
 the sampler-vs-trainer gap every step.
 
-Distributed (`accelerate launch`): each process rolls out its shard of the step's
-queries (whole groups, so advantages need no communication), computes its gradient,
-and gradients are averaged with one all-reduce per optimizer step. We all-reduce the
-gradients ourselves instead of wrapping the model in DDP because the number of planner
-turns (hence micro-batches) differs between processes: DDP all-reduces on every
-backward and would deadlock on unequal counts.
+Distributed (`accelerate launch`, docs/design.md §3 "Distributed update"): each process
+rolls out its shard of the step's queries (whole groups, so advantages need no
+communication); the update goes through DDP (`accelerator.prepare`) or FSDP2
+(`distributed.py` says which plan runs when). Two things keep it exact:
+- Global normalisation: the aggregation weights divide by the tokens / samples / runs of
+  ALL processes (one all-gather of the counts), and each process's backward is scaled by
+  the number of processes, because DDP and FSDP2 average gradients where the objective
+  needs their sum. A process with fewer samples therefore weighs exactly its share.
+- Equal collective counts: processes have different numbers of planner turns, hence of
+  micro-batches, and DDP / FSDP2 run a collective in every (synchronising) backward; every
+  process runs the largest count, padding with zero-weight micro-batches, so none waits
+  forever and the padding adds exactly zero gradient.
 """
 
 from __future__ import annotations
@@ -68,6 +76,15 @@ from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fas
 from agentflow.models.vllm_backend import VLLMBackend
 from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
+from agentflow.trainer.distributed import (
+    UpdatePlan,
+    choose_plan,
+    copy_full_weights,
+    gather_rows,
+    local_numel,
+    scalar,
+    shard_with_fsdp2,
+)
 from agentflow.trainer.metrics import MetricsLogger
 from agentflow.trainer.rollout import RewardFn, RolloutLog, RunResult, collect_rollouts, rollout_row
 from agentflow.trainer.vllm_rollout import WeightPusher, make_vllm_backend
@@ -119,25 +136,52 @@ def truncated_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor,
     return torch.exp(trainer_logp - sampler_logp).clamp(max=cap)
 
 
-def aggregation_weights(lengths: Sequence[int], run_ids: Sequence[Any], aggregation: str) -> list[float]:
+@dataclass(frozen=True)
+class BatchTotals:
+    """Tokens, samples and runs of a (mini-)batch over ALL processes: the denominators of
+    the aggregation weights, so that normalisation is global (docs/design.md §3)."""
+
+    tokens: int
+    samples: int
+    runs: int
+
+
+def sampler_gap_metrics(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The logged sampler-vs-trainer gap over all processes, from each process's sums
+    (`FlowGRPOTrainer._recompute_old_logprobs`): means over every completion token, not
+    means of per-process means."""
+    tokens = max(sum(p["gap_tokens"] for p in parts), 1.0)
+    return {
+        "logprob_gap_mean": sum(p["gap_sum"] for p in parts) / tokens,
+        "logprob_gap_max": max((p["gap_max"] for p in parts), default=0.0),
+        "is_weight_mean": sum(p["is_weight_sum"] for p in parts) / tokens,
+        "is_truncated_fraction": sum(p["is_truncated"] for p in parts) / tokens,
+    }
+
+
+def aggregation_weights(
+    lengths: Sequence[int], run_ids: Sequence[Any], aggregation: str, totals: BatchTotals | None = None
+) -> list[float]:
     """The per-token weight of each sample, so that loss = sum over tokens of w * l_token.
 
     token_mean:  w = 1 / (all tokens)                         every token weighs the same
     sample_mean: w = 1 / (len_i * n_samples)                  every planner turn weighs the same
     run_mean:    w = 1 / (tokens of run(i) * n_runs)          every run weighs the same
     Weights over a whole (mini-)batch are fixed before it is split into micro-batches,
-    so gradient accumulation gives exactly the loss of the full batch.
+    so gradient accumulation gives exactly the loss of the full batch. `totals` are the
+    counts over all processes (default: these samples are the whole batch); a run's
+    tokens are counted locally, since a run's turns never leave its process.
     """
+    per_run: Counter = Counter()
+    for n, run in zip(lengths, run_ids):
+        per_run[run] += n
+    totals = totals or BatchTotals(tokens=sum(lengths), samples=len(lengths), runs=len(per_run))
     if aggregation == "token_mean":
-        total = sum(lengths)
-        return [1.0 / total] * len(lengths)
+        return [1.0 / totals.tokens] * len(lengths)
     if aggregation == "sample_mean":
-        return [1.0 / (n * len(lengths)) for n in lengths]
+        return [1.0 / (n * totals.samples) for n in lengths]
     if aggregation == "run_mean":
-        per_run: Counter = Counter()
-        for n, run in zip(lengths, run_ids):
-            per_run[run] += n
-        return [1.0 / (per_run[run] * len(per_run)) for run in run_ids]
+        return [1.0 / (per_run[run] * totals.runs) for run in run_ids]
     raise ValueError(f"unknown loss aggregation {aggregation!r}")
 
 
@@ -181,6 +225,10 @@ def build_samples(groups: Sequence[Sequence[RunResult]], config: FlowGRPOConfig)
                     samples.append(Sample(turn.prompt_ids, turn.completion_ids, turn.logprobs, turn.temperature, adv, (q, i)))
     stats = {
         "zero_variance_groups": zero_variance,
+        # sums, so that the logged advantage statistics can be made global over processes
+        "advantage_count": len(advantages),
+        "advantage_sum": float(np.sum(advantages)) if advantages else 0.0,
+        "advantage_sq_sum": float(np.sum(np.square(advantages))) if advantages else 0.0,
         "advantage_mean": float(np.mean(advantages)) if advantages else 0.0,
         "advantage_std": float(np.std(advantages)) if advantages else 0.0,
         "advantage_abs_max": float(np.max(np.abs(advantages))) if advantages else 0.0,
@@ -312,8 +360,29 @@ class FlowGRPOTrainer:
         if config.beta > 0 and not self.is_lora:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model).to(fast_dtype(self.accelerator.device))
             self.ref_model.requires_grad_(False).eval()
+        self.plan: UpdatePlan = choose_plan(config.sharding, self.accelerator)
+        self.sharded = self.plan in ("fsdp2", "accelerate-fsdp2")
+        # The planner with full weights: what the local engine decodes with, what vLLM is
+        # pushed and the old log-probs recomputed from. Unsharded it is the trained module.
+        self.full_model: torch.nn.Module = self.model
+        if self.sharded:
+            if self.is_lora:
+                raise ValueError("LoRA with a sharded planner is not supported (untested): use sharding: none "
+                                 "(a LoRA update is small enough for DDP) or full fine-tuning")
+            # The engine decodes with full weights: it keeps `model`; the optimizer updates a
+            # sharded copy whose shards are gathered into it after each optimizer step.
+            self.model = copy.deepcopy(self.model)
+            if self.plan == "fsdp2":
+                shard_with_fsdp2(self.model, self.accelerator)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # `forward_model` is what the update's forward runs through (the DDP wrapper, or the
+        # module itself); `model` stays the unwrapped module (state dicts, adapters, dtype).
+        self.forward_model: torch.nn.Module = self.model
+        if self.plan in ("ddp", "accelerate-fsdp2"):
+            self.forward_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            self.model = self.accelerator.unwrap_model(self.forward_model)
+        self.weight_gather_s = 0.0  # seconds spent all-gathering shards into the engine this step
         self.autocast = config.bf16_autocast and bf16_is_fast(str(self.accelerator.device))
 
         self.steps_per_epoch = len(self.train_items) // config.queries_per_step
@@ -326,7 +395,8 @@ class FlowGRPOTrainer:
             self._resume(Path(config.resume_from))
         self.pusher: WeightPusher | None = None
         if self.sampler is not None:  # vLLM loaded the initial checkpoint; a resumed run has moved on
-            self.pusher = WeightPusher(self.sampler, self.model, self.run_dir / f".vllm-adapters-rank{self.rank}",
+            # under sharding it pushes the gathered full copy (vLLM + FSDP2: not tested yet)
+            self.pusher = WeightPusher(self.sampler, self.full_model, self.run_dir / f".vllm-adapters-rank{self.rank}",
                                        is_main=self.is_main, barrier=self.accelerator.wait_for_everyone)
             self.pusher.push()
 
@@ -359,6 +429,8 @@ class FlowGRPOTrainer:
     def _resume(self, path: Path) -> None:
         ckpt = latest_checkpoint(path)
         state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, rank=self.rank)
+        if self.sharded:
+            self._sync_engine()  # the engine's full copy still holds the initial weights
         self.step_done = int(state["step"])
         if self.logger is not None:
             self.logger.truncate_after(self.step_done)
@@ -368,6 +440,7 @@ class FlowGRPOTrainer:
     def save(self) -> Path:
         return save_checkpoint(
             self.run_dir, self.step_done, model=self.model, optimizer=self.optimizer,
+            planner=self.full_model,  # full weights, also under sharding (gathered after each step)
             config=self.config.to_dict(), tokenizer=self.policy.tokenizer, keep=self.config.keep_checkpoints,
             rank=self.rank, is_main=self.is_main, barrier=self.accelerator.wait_for_everyone,
         )
@@ -445,7 +518,9 @@ class FlowGRPOTrainer:
         """`mini_batches` optimizer steps over the samples; micro-batches accumulate gradients.
 
         A non-finite loss or gradient on any process skips that optimizer step on all of
-        them (gradients dropped, counted as `skipped_updates`); training goes on.
+        them (gradients dropped, counted as `skipped_updates`); training goes on. Every
+        process must call this (it runs collectives), with or without samples; the
+        returned statistics are global: sums over all processes, divided by all tokens.
         """
         cfg = self.config
         correction = self._recompute_old_logprobs(samples) if self.sampler is not None else {}
@@ -453,20 +528,26 @@ class FlowGRPOTrainer:
         random.Random(hash((cfg.seed, self.step_done, self.rank))).shuffle(samples)
         chunks = [samples[i :: cfg.mini_batches] for i in range(cfg.mini_batches)]
         totals: Counter = Counter()
-        self.model.train()
+        self.weight_gather_s = 0.0
+        self.forward_model.train()
         try:
             for chunk in chunks:
                 totals.update(self._optimizer_step(chunk))
         finally:
-            self.model.eval()
-        tokens = max(totals.pop("tokens", 0.0), 1.0)
-        stats = {k: v / tokens for k, v in totals.items() if k in ("kl", "clipped", "entropy", "ratio")}
+            self.forward_model.eval()
+        summed = ("tokens", "kl", "clipped", "entropy", "ratio", "loss", "trained_tokens", "trained_samples")
+        for key, value in zip(summed, gather_rows(self.accelerator, [float(totals[k]) for k in summed]).sum(0).tolist()):
+            totals[key] = value  # this process's sums -> all processes' sums
+        tokens = max(totals["tokens"], 1.0)
+        stats = {k: totals[k] / tokens for k in ("kl", "clipped", "entropy", "ratio")}
         stats.update({k: totals[k] for k in ("skipped_updates", "optimizer_steps", "trained_samples")})
         if totals["optimizer_steps"]:
+            # the weights are global (Eq. objective over all processes' tokens), so the
+            # objective of an optimizer step is the SUM of the processes' partial losses
             stats["loss"] = totals["loss"] / totals["optimizer_steps"]
             stats["grad_norm"] = totals["grad_norm"] / totals["optimizer_steps"]
         stats["trained_tokens"] = totals["trained_tokens"]
-        stats.update(correction)
+        stats["sampler_gap"] = correction
         if self.pusher is not None:
             stats["weight_push_s"] = self.pusher.seconds - pushing_s
         return stats
@@ -476,17 +557,19 @@ class FlowGRPOTrainer:
         (so the PPO ratio starts at 1 and measures only this update) and set each token's
         truncated importance weight (Eq. TIS; all ones with `sampler_correction: recompute`).
 
-        Returns the sampler-vs-trainer gap, logged every step: mean and max of
-        |logp_trainer - logp_vllm| over completion tokens, the mean weight and the
-        fraction of tokens whose ratio exceeded the cap.
+        Returns this process's sums for the sampler-vs-trainer gap logged every step
+        (`sampler_gap_metrics`): |logp_trainer - logp_vllm| over completion tokens, the
+        weights, and the tokens whose ratio exceeded the cap.
         """
         cfg = self.config
         tokens = gap_sum = gap_max = weight_sum = truncated = 0.0
         with torch.no_grad():
             for micro in _chunks(samples, cfg.micro_batch_size):
                 batch = _pad(micro, self.accelerator.device)
-                with self._autocast():  # the same computation as the update's forward
-                    logp = completion_logprobs(self.model, batch)[0].float()
+                # the same computation as the update's forward; on the full copy, which needs no
+                # collectives (processes recompute different numbers of micro-batches)
+                with self._autocast():
+                    logp = completion_logprobs(self.full_model, batch)[0].float()
                 mask, sampler = batch["token_mask"], batch["old_logprobs"]
                 ratio = torch.exp(logp - sampler)
                 weights = truncated_is_weights(logp, sampler, cfg.tis_cap) if cfg.sampler_correction == "tis" else torch.ones_like(logp)
@@ -500,67 +583,99 @@ class FlowGRPOTrainer:
                     n = len(s.completion_ids)
                     s.sampler_logprobs, s.old_logprobs = s.old_logprobs, logp[i, :n].tolist()
                     s.is_weights = weights[i, :n].tolist()
-        tokens = max(tokens, 1.0)
-        return {"logprob_gap_mean": gap_sum / tokens, "logprob_gap_max": gap_max,
-                "is_weight_mean": weight_sum / tokens, "is_truncated_fraction": truncated / tokens}
+        # this process's sums; `_metrics` adds them over processes into the logged means
+        return {"gap_tokens": tokens, "gap_sum": gap_sum, "gap_max": gap_max, "is_weight_sum": weight_sum,
+                "is_truncated": truncated}
 
     def _optimizer_step(self, samples: list[Sample]) -> Counter:
         cfg = self.config
         out: Counter = Counter()
-        count = torch.tensor([float(len(samples))])
-        if self.world > 1:
-            count = self.accelerator.reduce(count, reduction="sum")
-        if count.item() == 0:  # every group skipped on every process: nothing to learn from
+        # Micro-batches of similar lengths: a padded row is as wide as its batch's longest
+        # prompt plus longest completion, so grouping by length cuts the padded tokens the
+        # forward/backward runs on (8 planner-like turns in benchmarks/update_throughput.py:
+        # 2,352 -> 2,148 for 1,890 real). The weights are fixed over the whole batch, so the
+        # grouping changes no gradient (docs/design.md §3, Eq. objective).
+        samples = sorted(samples, key=lambda s: (len(s.prompt_ids), len(s.completion_ids)))
+        micro = list(_chunks(samples, cfg.micro_batch_size))
+        lengths = [len(s.completion_ids) for s in samples]
+        run_ids = [s.run_id for s in samples]
+        # One all-gather of this process's counts: the global denominators, and the
+        # largest micro-batch count, which every process runs (module docstring).
+        rows = gather_rows(self.accelerator, [len(samples), sum(lengths), len(set(run_ids)), len(micro)])
+        n_samples, n_tokens, n_runs = (int(v) for v in rows[:, :3].sum(0))
+        if n_samples == 0:  # every group skipped on every process: nothing to learn from
             return out
-        if samples:  # a process may hold no samples while others do; it still joins the all-reduce
-            lengths = [len(s.completion_ids) for s in samples]
-            for s, w in zip(samples, aggregation_weights(lengths, [s.run_id for s in samples], cfg.loss_aggregation)):
+        if samples:
+            totals = BatchTotals(tokens=n_tokens, samples=n_samples, runs=n_runs)
+            for s, w in zip(samples, aggregation_weights(lengths, run_ids, cfg.loss_aggregation, totals)):
                 s.weight = w
+        real = len(micro)
+        micro += [[_padding_sample()] for _ in range(int(rows[:, 3].max()) - real)]
         self.optimizer.zero_grad(set_to_none=False)
         loss_sum, finite = 0.0, True
-        for micro in _chunks(samples, cfg.micro_batch_size):
-            batch = _pad(micro, self.accelerator.device)
-            with self._autocast():
-                logp, entropy = completion_logprobs(self.model, batch, with_entropy=True)
-            mask = batch["token_mask"]
-            surrogate, clipped = clipped_surrogate(logp, batch["old_logprobs"], batch["advantage"][:, None], cfg.clip_eps_low, cfg.clip_eps_high)
-            per_token = -surrogate * batch["is_weight"]  # Eq. TIS (all ones unless vLLM sampled)
-            kl = torch.zeros_like(logp)
-            if cfg.beta > 0:
-                kl = k3_kl(logp, self._reference_logprobs(batch))
-                per_token = per_token + cfg.beta * kl
-            loss = (per_token * mask * batch["weight"][:, None]).sum()
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            loss.backward()
+        for i, batch_samples in enumerate(micro):
+            batch = _pad(batch_samples, self.accelerator.device)
+            with self._grad_sync(last=i == len(micro) - 1):
+                with self._autocast():
+                    logp, entropy = completion_logprobs(self.forward_model, batch, with_entropy=True)
+                mask = batch["token_mask"]
+                surrogate, clipped = clipped_surrogate(
+                    logp, batch["old_logprobs"], batch["advantage"][:, None], cfg.clip_eps_low, cfg.clip_eps_high)
+                per_token = -surrogate * batch["is_weight"]  # Eq. TIS (all ones unless vLLM sampled)
+                kl = torch.zeros_like(logp)
+                if cfg.beta > 0:
+                    kl = k3_kl(logp, self._reference_logprobs(batch))
+                    per_token = per_token + cfg.beta * kl
+                # Eq. objective, this process's part: sum_k w_k (-L_clip_k + beta KL_k) with global w_k
+                loss = (per_token * mask * batch["weight"][:, None]).sum()
+                finite = finite and bool(torch.isfinite(loss))
+                # DDP / FSDP2 AVERAGE gradients over processes; the objective is the SUM of the
+                # processes' parts, hence the factor. A non-finite loss still runs its backward,
+                # so that every process joins the same gradient collectives; the step is skipped below.
+                (loss * self.world).backward()
+            if i >= real:  # zero-weight padding: no tokens to count
+                continue
             loss_sum += loss.item()
-            n = mask.sum().item()
-            out["tokens"] += n
+            out["tokens"] += mask.sum().item()
             out["trained_tokens"] += batch["attention_mask"].sum().item()
             out["kl"] += (kl.detach() * mask).sum().item()
             out["clipped"] += (clipped.float() * mask).sum().item()
             out["entropy"] += (entropy * mask).sum().item()
             out["ratio"] += (torch.exp(logp.detach() - batch["old_logprobs"]) * mask).sum().item()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        flags = torch.tensor([0.0 if finite else 1.0])
+        flags = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
         if self.world > 1:
-            for p in params:  # mean gradient over processes (see the module docstring)
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad.copy_(self.accelerator.reduce(p.grad, reduction="mean"))
             flags = self.accelerator.reduce(flags, reduction="sum")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if flags.item() == 0 else torch.tensor(float("nan"))
-        if flags.item() > 0 or not torch.isfinite(grad_norm):
+        grad_norm = float("nan")
+        if flags.item() == 0:
+            grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        if flags.item() > 0 or not np.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=False)
             out["skipped_updates"] += 1
             return out
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
+        if self.sharded:
+            self._sync_engine()
         if self.pusher is not None:  # vLLM's copy must be the policy the next rollout samples from
             self.pusher.push()
-        out.update({"optimizer_steps": 1, "loss": loss_sum, "grad_norm": float(grad_norm), "trained_samples": len(samples)})
+        out.update({"optimizer_steps": 1, "loss": loss_sum, "grad_norm": grad_norm, "trained_samples": len(samples)})
         return out
+
+    def _sync_engine(self) -> None:
+        """All-gather the updated shards into the rollout engine's full copy (timed: it is
+        the price of sharding on the rollout side, logged as `weight_gather_s`)."""
+        start = time.perf_counter()
+        copy_full_weights(self.model, self.full_model)
+        self.weight_gather_s += time.perf_counter() - start
+
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP: all-reduce gradients only in the last micro-batch's backward (the others
+        accumulate locally; every process has the same count, so the collectives pair up).
+        FSDP2 reduce-scatters in every backward, which keeps only shards of the gradients."""
+        if self.plan == "ddp" and not last:
+            return self.accelerator.no_sync(self.forward_model)
+        return contextlib.nullcontext()
 
     def _reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """log pi_ref of the completion tokens: adapter disabled (LoRA) or the frozen copy."""
@@ -613,7 +728,9 @@ class FlowGRPOTrainer:
             {"reward": r.reward, "failed": r.failed, "turns": r.n_turns, "tool_errors": r.tool_errors, "tools": dict(r.tools)}
             for group in groups for r in group
         ]
-        parts = _gather([runs, adv, update, generated], self.world)
+        # `update` is global already (update() sums over processes); the rest is gathered here
+        parts = _gather([runs, adv, generated, rollout_time, update_time, update.get("sampler_gap", {})], self.world)
+        rollout_time, update_time = max(p[3] for p in parts), max(p[4] for p in parts)  # the slowest process
         runs = [r for part in parts for r in part[0]]
         rewards = np.array([r["reward"] for r in runs], dtype=float)
         tools: Counter = Counter()
@@ -634,29 +751,33 @@ class FlowGRPOTrainer:
             **{f"tool_usage/{name}": n / calls for name, n in sorted(tools.items())},
         }
         metrics["zero_variance_groups"] = sum(p[1]["zero_variance_groups"] for p in parts)
-        for key in ("advantage_mean", "advantage_std", "advantage_abs_max"):
-            metrics[key] = float(np.mean([p[1][key] for p in parts]))
+        n_adv = sum(p[1]["advantage_count"] for p in parts)
+        mean_adv = sum(p[1]["advantage_sum"] for p in parts) / max(n_adv, 1)
+        metrics["advantage_mean"] = mean_adv  # over every run of every process, not a mean of means
+        metrics["advantage_std"] = float(np.sqrt(max(sum(p[1]["advantage_sq_sum"] for p in parts) / max(n_adv, 1) - mean_adv**2, 0.0)))
+        metrics["advantage_abs_max"] = max(p[1]["advantage_abs_max"] for p in parts)
         for key in ("kl", "clipped", "entropy", "ratio", "loss", "grad_norm"):
-            values = [p[2][key] for p in parts if key in p[2]]
-            metrics[{"clipped": "clip_fraction", "ratio": "ratio_mean"}.get(key, key)] = float(np.mean(values)) if values else None
+            metrics[{"clipped": "clip_fraction", "ratio": "ratio_mean"}.get(key, key)] = update.get(key)
         for key in ("skipped_updates", "optimizer_steps", "trained_samples"):
             metrics[key] = update.get(key, 0)
         if self.sampler is not None:  # the sampler-vs-trainer gap (docs/design.md §3), every step
-            for key in ("logprob_gap_mean", "logprob_gap_max", "is_weight_mean", "is_truncated_fraction"):
-                values = [p[2][key] for p in parts if key in p[2]]
-                metrics[key] = (max(values) if key.endswith("_max") else float(np.mean(values))) if values else None
+            metrics.update(sampler_gap_metrics([p[5] for p in parts if p[5]]))
             metrics["weight_pushes"] = self.pusher.version  # since the trainer started (1: the initial push)
             metrics["weight_push_s"] = update.get("weight_push_s", 0.0)  # this step's
         metrics.update({
             "rollout_time_s": rollout_time,
             "update_time_s": update_time,
-            "rollout_tokens_per_s": sum(p[3] for p in parts) / max(rollout_time, 1e-9),
+            "rollout_tokens_per_s": sum(p[2] for p in parts) / max(rollout_time, 1e-9),
             "update_tokens_per_s": update.get("trained_tokens", 0) / max(update_time, 1e-9),
-            "rollout_dtype": f"vllm-{self.config.vllm_dtype}" if self.sampler is not None else str(self.model.dtype).removeprefix("torch."),
+            "weight_gather_s": self.weight_gather_s,  # FSDP2: shards -> the engine's full copy
+            "rollout_dtype": (f"vllm-{self.config.vllm_dtype}" if self.sampler is not None
+                              else str(self.full_model.dtype).removeprefix("torch.")),
             "rollout_backend": self.config.rollout_backend,
             "update_dtype": "bfloat16-autocast" if self.autocast else str(self.model.dtype).removeprefix("torch."),
             "reference": "adapter-disabled" if self.is_lora else ("frozen-copy" if self.ref_model is not None else "none"),
             "processes": self.world,
+            "sharding": self.plan,
+            "planner_params_per_process": local_numel(self.model),
             "lr": self.optimizer.param_groups[0]["lr"],
         })
         return metrics
@@ -665,6 +786,14 @@ class FlowGRPOTrainer:
 def _gather(obj: Any, world: int) -> list[Any]:
     """`obj` of every process, in rank order (just `[obj]` when not distributed)."""
     return list(gather_object([obj])) if world > 1 else [obj]
+
+
+def _padding_sample() -> Sample:
+    """A one-token sample of weight 0: a process with fewer micro-batches than the others
+    runs these, so that its forward/backward (and their collectives) pair up with theirs;
+    its loss and gradient are exactly zero (Eq. objective with w = 0)."""
+    return Sample(prompt_ids=[0], completion_ids=[0], old_logprobs=[0.0], temperature=1.0, advantage=0.0,
+                  run_id=(-1, -1), weight=0.0)
 
 
 def _chunks(items: list[Sample], size: int) -> Iterator[list[Sample]]:

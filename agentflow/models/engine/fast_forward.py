@@ -28,10 +28,15 @@ plus its active adapters' `get_delta_weight`, what `merge_adapter` would write, 
 into the packed copy and not into the model. Packed copies are rebuilt whenever a source
 tensor changes (version counter or identity) or the adapter state does, so a trainer that
 updates the policy between rollouts decodes with its new weights. Memory: one packed copy
-of every projection and of the LM head (~540 MB for the 135M model in fp32).
+of every projection and of the LM head (~540 MB for the 135M model in fp32), shared by
+every engine over the same tensors (`_Packed`). bf16 weights are packed as well where bf16
+is fast (AMX, AVX512-BF16): same logits as F.linear, a faster step (docs/design.md §4).
 """
 
 from __future__ import annotations
+
+import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +44,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from agentflow.models.engine.kv_cache import Segment
+from agentflow.models.loading import bf16_is_fast
 
 # Same block structure as Llama (pre-norm, q/k/v/o + gated MLP, rotary): qwen2 adds q/k/v
 # biases, which the fused projection carries.
@@ -82,6 +88,46 @@ def _state(module: nn.Module) -> tuple:
     return (id(module), *((id(t), t._version) for t in module.parameters()), *lora_state(module))
 
 
+class _Packed:
+    """One projection's effective weight (fused, packed for oneDNN where `packed`) and bias,
+    with weak references to the source tensors it was computed from.
+
+    Shared between every projection whose sources are the same tensors at the same
+    versions: the benchmark and an eval hold several engines over one model, and each
+    used to pack its own copy of every weight (~540 MB in fp32 for the 135M model, one per
+    engine; docs/design.md §4, "Memory")."""
+
+    __slots__ = ("weight", "bias", "packed", "sources", "__weakref__")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool, sources: list[torch.Tensor]) -> None:
+        self.weight, self.bias, self.packed = weight, bias, packed
+        self.sources = [weakref.ref(t) for t in sources]
+
+    def made_from(self, sources: list[torch.Tensor]) -> bool:
+        """Whether these are still the very tensors it was computed from (an id alone may
+        be reused by a new tensor once the old one is freed)."""
+        return len(sources) == len(self.sources) and all(r() is t for r, t in zip(self.sources, sources))
+
+
+# Packed weights by (projection kind, adapter state, (id, version) of every source tensor).
+# Values are weak: an entry lives as long as some projection holds it, so dropping the last
+# engine over a model frees its packed copy. The lock serialises packing across engines'
+# worker threads (two engines over one model may refresh at once).
+_SHARED: weakref.WeakValueDictionary[tuple, _Packed] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def _packs(weight: torch.Tensor) -> bool:
+    """Whether to reorder `weight` once for oneDNN's blocked layout: fp32 on CPU (22 vs 9.5
+    GFLOP/s for MKL `F.linear` at M=5 on the AVX2 machine), and bf16 on CPUs with bf16
+    matrix units (`bf16_is_fast`: AMX or AVX512-BF16), where the packed product gives the
+    same logits as `F.linear` and a 5-row decode step is ~15% faster (docs/design.md §4).
+    Elsewhere bf16 is emulated and float64 has no oneDNN kernel: `F.linear`."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and bf16_is_fast("cpu"))
+
+
 class _Projection:
     """Several linear layers (given as parent module + attribute name, so that a layer
     swapped in later, e.g. by peft, is seen) fused into one product on a packed weight."""
@@ -89,8 +135,15 @@ class _Projection:
     def __init__(self, sources: list[tuple[nn.Module, str]]) -> None:
         self.sources = sources
         self.state: tuple | None = None
-        self.weight = self.bias = None
-        self.packed = False
+        self.current: _Packed | None = None
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        return self.current.weight if self.current is not None else None
+
+    @property
+    def packed(self) -> bool:
+        return self.current is not None and self.current.packed
 
     def refresh(self) -> None:
         modules = [getattr(parent, name) for parent, name in self.sources]
@@ -100,20 +153,33 @@ class _Projection:
         for m, (_, name) in zip(modules, self.sources):
             if reason := _not_linear(m):
                 raise RuntimeError(f"FastForward cannot apply {name}: it is now {reason}; build the engine with fast_forward=False")
+        tensors = [t for m in modules for t in m.parameters()]
+        # the state minus module ids: the same tensors under another wrapper compute the same
+        key = (tuple(name for _, name in self.sources), tuple((id(t), t._version) for t in tensors),
+               tuple(lora_state(m) for m in modules))
+        with _SHARED_LOCK:
+            shared = _SHARED.get(key)
+            if shared is None or not shared.made_from(tensors):
+                shared = _SHARED[key] = self._compute(modules, tensors)
+        self.current, self.state = shared, state
+
+    @staticmethod
+    def _compute(modules: list[nn.Module], tensors: list[torch.Tensor]) -> _Packed:
         parts = [_weight_and_bias(m) for m in modules]
         weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
         bias = None
         if any(b is not None for _, b in parts):
             bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
-        self.packed = weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-        if self.packed:
+        packed = _packs(weight)
+        if packed:
             weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-        self.weight, self.bias, self.state = weight, bias, state
+        return _Packed(weight, bias, packed, tensors)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        current = self.current
+        if current.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, current.weight, current.bias, "none", [], "")
+        return F.linear(x, current.weight, current.bias)
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
