@@ -77,38 +77,22 @@ class ModelServer:
         self.process = None
 
 
-class FlakyProxy:
-    """A proxy in front of a real server whose first `failures` chat requests fail the way
-    busy servers do: `status` (429, 503, ...) or, with status None, an answer slower than
-    the client's timeout. Everything else is forwarded. It tests the clients' retries."""
+class _Proxy:
+    """An HTTP proxy on 127.0.0.1 in front of a real server; subclasses decide per request
+    (`_handle`) what reaches the server. Used as a context manager."""
 
-    def __init__(self, upstream: str, status: int | None, failures: int = 1, delay_s: float = 15.0) -> None:
+    def __init__(self, upstream: str) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         proxy = self
-        self.failed = 0
-        self.forwarded = 0  # chat requests that reached the server
+        self.upstream = upstream.rstrip("/")
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # keep pytest's output clean
                 pass
 
-            def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if method == "POST" and proxy.failed < failures:
-                    proxy.failed += 1
-                    if status is None:
-                        time.sleep(delay_s)  # the client has given up by now
-                    else:
-                        self._reply(status, b'{"error": {"message": "busy"}}', {"Retry-After": "0"})
-                        return
-                response = httpx.request(method, upstream.rstrip("/") + self.path.removeprefix("/v1"), content=body,
-                                         headers={"Content-Type": "application/json"}, timeout=300)
-                proxy.forwarded += method == "POST"
-                self._reply(response.status_code, response.content, {})
-
-            def _reply(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+            def reply(self, code: int, body: bytes, headers: dict[str, str]) -> None:
                 try:
                     self.send_response(code)
                     for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -120,64 +104,23 @@ class FlakyProxy:
                     pass
 
             def do_GET(self) -> None:
-                self._forward("GET")
+                proxy._handle(self, "GET", b"")
 
             def do_POST(self) -> None:
-                self._forward("POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FlakyProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class DyingProxy:
-    """A proxy in front of a real server that answers `answers` chat requests and then goes
-    away (stops listening), as a server that dies mid-run: later calls are refused, and the
-    client's retries are refused too. GET requests (the start-up check) are forwarded."""
-
-    def __init__(self, upstream: str, answers: int = 1) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        proxy = self
-        self.answered = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                response = httpx.request(method, upstream.rstrip("/") + self.path.removeprefix("/v1"), content=body,
-                                         headers={"Content-Type": "application/json"}, timeout=300)
-                self.send_response(response.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(response.content)))
-                self.end_headers()
-                self.wfile.write(response.content)
-                if method == "POST":
-                    proxy.answered += 1
-                    if proxy.answered >= answers:  # die: from another thread, shutdown() waits for this one
-                        threading.Thread(target=proxy.close, daemon=True).start()
-
-            def do_GET(self) -> None:
-                self._forward("GET")
-
-            def do_POST(self) -> None:
-                self._forward("POST")
+                proxy._handle(self, "POST", self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.closed = False
+
+    def _handle(self, handler, method: str, body: bytes) -> None:
+        raise NotImplementedError
+
+    def _forward(self, handler, method: str, body: bytes) -> httpx.Response:
+        """The real server's answer to the request (the caller sends it back: `handler.reply`)."""
+        return httpx.request(method, self.upstream + handler.path.removeprefix("/v1"), content=body,
+                             headers={"Content-Type": "application/json"}, timeout=300)
 
     def close(self) -> None:
         if not self.closed:
@@ -185,9 +128,54 @@ class DyingProxy:
             self.server.shutdown()
             self.server.server_close()
 
-    def __enter__(self) -> DyingProxy:
+    def __enter__(self):
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class FlakyProxy(_Proxy):
+    """A proxy in front of a real server whose first `failures` chat requests fail the way
+    busy servers do: `status` (429, 503, ...) or, with status None, an answer slower than
+    the client's timeout. Everything else is forwarded. It tests the clients' retries."""
+
+    def __init__(self, upstream: str, status: int | None, failures: int = 1, delay_s: float = 15.0) -> None:
+        super().__init__(upstream)
+        self.status, self.failures, self.delay_s = status, failures, delay_s
+        self.failed = 0
+        self.forwarded = 0  # chat requests that reached the server
+
+    def _handle(self, handler, method: str, body: bytes) -> None:
+        if method == "POST" and self.failed < self.failures:
+            self.failed += 1
+            if self.status is None:
+                time.sleep(self.delay_s)  # the client has given up by now
+            else:
+                handler.reply(self.status, b'{"error": {"message": "busy"}}', {"Retry-After": "0"})
+                return
+        response = self._forward(handler, method, body)
+        self.forwarded += method == "POST"
+        handler.reply(response.status_code, response.content, {})
+
+
+class DyingProxy(_Proxy):
+    """A proxy in front of a real server that answers `answers` chat requests and then goes
+    away (stops listening), as a server that dies mid-run: later calls are refused, and the
+    client's retries are refused too. GET requests (the start-up check) are forwarded."""
+
+    def __init__(self, upstream: str, answers: int = 1) -> None:
+        super().__init__(upstream)
+        self.answers = answers
+        self.answered = 0
+
+    def _handle(self, handler, method: str, body: bytes) -> None:
+        import threading
+
+        response = self._forward(handler, method, body)
+        handler.reply(response.status_code, response.content, {})
+        if method == "POST":
+            self.answered += 1
+            if self.answered >= self.answers:  # die: from another thread, shutdown() waits for this one
+                threading.Thread(target=self.close, daemon=True).start()
