@@ -244,7 +244,7 @@ def commit() -> str:
         return "unknown"
 
 
-def run_seed(data: dict[str, Any], seed: int, skip_sft: bool) -> tuple[dict[str, Any], Path]:
+def run_seed(data: dict[str, Any], seed: int, skip_sft: bool) -> dict[str, Any]:
     """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items."""
     config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
     trainer = build_trainer(config)
@@ -291,7 +291,7 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool) -> tuple[dict[str,
     entry["run_dir"] = str(run_dir)
     entry["total_minutes"] = round((time.monotonic() - started) / 60, 2)
     print(table({s: entry[s] for s in SYSTEMS if s in entry}), flush=True)
-    return entry, run_dir
+    return entry
 
 
 # --------------------------------------------------------------------------- main
@@ -337,17 +337,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = previous.get("seeds", [])
     print(f"config: {json.dumps(settings)}", flush=True)
 
+    out = None
     for seed in seeds:
         if any(entry["seed"] == seed for entry in done):
             print(f"seed {seed}: already in {path} (commit {next(e['commit'] for e in done if e['seed'] == seed)}), kept",
                   flush=True)
             continue
-        entry, _ = run_seed(data, seed, args.skip_sft)
+        entry = run_seed(data, seed, args.skip_sft)
         done = sorted([*done, entry], key=lambda e: e["seed"])
         out = write_result(path, done, settings)
         print(f"seed {seed}: written to {path} ({round((time.monotonic() - started) / 60, 1)} min so far)", flush=True)
 
-    out = write_result(path, done, settings)
+    if out is None:  # every seed asked for was measured before: the summary of the file as it is
+        out = write_result(path, done, settings)
     print()
     print(f"over seeds {[e['seed'] for e in done]} (mean ± sd):")
     print(table(out["results"]))
