@@ -23,7 +23,8 @@ def test_rollout_benchmark_quick_mode(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == out
     assert set(out) == {"speedup_vs_peer", "speedup_vs_peer_32", "engine_vs_raw", "peak_rss_mb",
-                        "decode_ms_per_step_g8", "decode_ms_per_step_1row", "wall_min"}
+                        "decode_ms_per_step_g8", "decode_ms_per_step_1row", "wall_min",
+                        "stop_rules_decode_steps_saved", "stop_rules_speedup"}
     text = "\n".join(lines)
     peer = float(re.search(r"\(a\) peer .*?= ([\d.]+) traj/s", text).group(1))
     runs, engine = re.search(r"\(b\) engine G=8: (\d+) runs in [\d.]+s = ([\d.]+) traj/s", text).groups()
@@ -36,6 +37,11 @@ def test_rollout_benchmark_quick_mode(capsys):
     one, g8 = map(float, re.search(r"decode ms/step: 1 row ([\d.]+), .*G=8 rollouts ([\d.]+) at", text).groups())
     assert (out["decode_ms_per_step_1row"], out["decode_ms_per_step_g8"]) == pytest.approx((one, g8), abs=0.051)
     assert out["peak_rss_mb"] == pytest.approx(float(re.search(r"peak RSS (\d+) MB", text).group(1)), abs=1)
+    off, on = map(int, re.search(r"stop rules G=8: off (\d+) decode steps.* vs on (\d+) decode steps", text).groups())
+    assert out["stop_rules_decode_steps_saved"] == pytest.approx(1 - on / off, abs=5e-4)
+    from agentflow.nodes import stops
+
+    assert stops.VERIFIER.end is stops.verifier_end  # the rules are back after the stop-rules-off rollout
 
 
 def _load_script(name: str):
@@ -171,3 +177,31 @@ def test_update_benchmark_quick_mode(capsys):
     assert out["update_vs_trl"] == pytest.approx(trl / ours, rel=0.02)  # one repeat: its ratio; times to 3 decimals
     loss_ours, loss_trl = map(float, re.search(r"losses: ours (-?[\d.]+), TRL (-?[\d.]+)", text).groups())
     assert loss_ours == pytest.approx(loss_trl, abs=0.01)  # the same objective on the same samples
+
+
+def test_verifier_probe_quick_mode(capsys, monkeypatch):
+    """benchmarks/verifier_probe.py scores the prompt the verifier node really sends (checked
+    against a live call of the node), and its counts, log-odds and AUROC agree with each other."""
+    from agentflow.factory import TINY_MODEL, ModelSpec, load_chat_model
+    from agentflow.models import LocalChatModel
+    from agentflow.nodes.modules import make_verifier
+
+    spec = importlib.util.spec_from_file_location("verifier_probe", SCRIPT.parent / "verifier_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.auroc([2.0, 3.0], [1.0]) == 1.0 and module.auroc([1.0], [1.0, 2.0]) == 0.25
+    assert module.auroc([], [1.0]) is None
+
+    llm = load_chat_model(ModelSpec(TINY_MODEL, max_new_tokens=2))
+    memory = [{"turn": 1, "sub_goal": "Multiply.", "tool_name": "calculator", "command": '{"expression": "2 * 3"}',
+               "result": "6", "error": None}]
+    sent = []
+    encode = LocalChatModel.encode_messages
+    monkeypatch.setattr(LocalChatModel, "encode_messages", lambda self, m: sent.append(encode(self, m)) or sent[-1])
+    make_verifier(llm)({"query": "What is 2 * 3?", "memory": memory}, {})
+    assert sent[0][0] == module.verifier_prompt_ids(llm, "What is 2 * 3?", memory)
+
+    out = module.main(["--quick", "--tiny"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert out["rows"] == 6 and 0 <= out["agrees_with_oracle"] <= 6 and 0 <= out["prefers_stop"] <= 6
+    assert out["auroc"] is None or 0.0 <= out["auroc"] <= 1.0
