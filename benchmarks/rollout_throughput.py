@@ -13,7 +13,9 @@ Then raw `model.generate` vs the engine alone at batch 5 and 20 (same prompt, sa
 of tokens, EOS ignored), the engine's decode ms/step at 1 and 5 rows and at G=8 (and its
 ratio to the single-row step), achieved GFLOP/s next to a large matmul, peak RSS (after each
 phase too, to tell which one sets it) and the whole wall time, and at G=8 the engine's
-prefix cache off vs on and its lean forward off vs on. The last line is one JSON object.
+prefix cache off vs on, its lean forward off vs on, and the stop-condition savings (the
+planner, executor and verifier stop rules of agentflow/nodes/stops.py off vs on: decode steps
+and completion tokens per rollout). The last line is one JSON object.
 Prints figures; not a timed test.
 """
 
@@ -27,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -309,6 +312,19 @@ def main(argv=None) -> dict:
           f"{g8['decode_ms_per_step']:.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x; "
           f"peak RSS so far {rss_mb():.0f} MB")
 
+    from agentflow.nodes import stops
+
+    # The same G=8 rollout with the planner/executor/verifier stop rules replaced by none
+    # (the generator keeps its "\n\n", as benchmarks/parse_rates.py --no-stop-rules does):
+    # each module then writes until max_new_tokens or EOS.
+    with patch.multiple(stops, **{rule: stops.StopRule() for rule in ("PLANNER", "EXECUTOR", "VERIFIER")}):
+        free = run_engine(model, tokenizer, args, 8)
+    print(f"stop rules G=8: off {free['steps']} decode steps, {free['tokens'] / 8:.1f} completion tok/rollout, "
+          f"{8 / free['wall']:.3f} traj/s vs on {g8['steps']} decode steps, {g8['tokens'] / 8:.1f} completion tok/rollout, "
+          f"{8 / g8['wall']:.3f} traj/s -> {1 - g8['steps'] / free['steps']:.0%} fewer decode steps, "
+          f"{free['wall'] / g8['wall']:.2f}x; sampling differs run to run (turns off {statistics.mean(free['turns']):.2f}, "
+          f"on {statistics.mean(g8['turns']):.2f})")
+
     prompt = planner_prompt(model, tokenizer, args)
     # Fixed at 5 rows (not the rollouts' mean batch, which moves with the sampled turns), so
     # runs compare; EOS ignored, max_new_tokens a row (48 by default).
@@ -348,6 +364,8 @@ def main(argv=None) -> dict:
         "peak_rss_mb": round(rss_mb(), 1),
         "decode_ms_per_step_g8": round(g8["decode_ms_per_step"], 1),
         "decode_ms_per_step_1row": round(single, 1),
+        "stop_rules_decode_steps_saved": round(1 - g8["steps"] / free["steps"], 3),
+        "stop_rules_speedup": round(free["wall"] / g8["wall"], 3),
         "wall_min": round(total / 60, 2),
     }
     print(json.dumps(out))
