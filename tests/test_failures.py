@@ -162,5 +162,27 @@ def test_report_counts_classes_and_first_tools_per_type():
     assert report["lookup"]["first_tool"] == {"calculator": 1, "local_search": 1}
     assert report["arithmetic"]["first_tool"] == {"(none)": 1}
     assert report["all"]["classes"] == {"wrong_tool": 1, "planner_format": 1}
+    assert report["lookup"]["correct_by_first_tool"] == {"local_search": 1}
+    assert "groups" not in report["lookup"]  # eval rows belong to no training group
     text = format_report(report)
     assert "### lookup: 2 runs, 1 correct, 1 failed" in text and "| wrong_tool | planner | 1 | 100% |" in text
+    assert "| lookup | calculator 1 (50%, 0 right), local_search 1 (50%, 1 right) |" in text
+    assert "learning signal" not in text
+
+
+def test_rollout_report_counts_the_groups_with_a_learning_signal():
+    """A group (step, query_index) teaches the planner only if its runs' rewards differ."""
+    def run(step: int, query: int, kind: str, reward: float) -> dict[str, Any]:
+        return {"step": step, "query_index": query, "type": kind, "query": "q?", "gold": "7", "answer": "x",
+                "reward": reward, "verdict": "STOP", "n_turns": 1, "error": None,
+                "turns": [{"turn": 1, "tool": "calculator", "command": "", "result": "7" if reward else "1",
+                           "error": None, "verdict": "STOP"}]}
+
+    rows = [run(1, 0, "arithmetic", 1.0), run(1, 0, "arithmetic", 0.0),   # signal
+            run(1, 1, "lookup", 0.0), run(1, 1, "lookup", 0.0),           # all wrong: none
+            run(2, 0, "lookup", 1.0), run(2, 0, "lookup", 1.0)]           # all right: none
+    report = failure_report(rows, max_turns=2)
+    assert (report["arithmetic"]["groups"], report["arithmetic"]["groups_with_signal"]) == (1, 1)
+    assert (report["lookup"]["groups"], report["lookup"]["groups_with_signal"]) == (2, 0)
+    assert (report["all"]["groups"], report["all"]["groups_with_signal"]) == (3, 1)
+    assert "- lookup: 0 of 2" in format_report(report)

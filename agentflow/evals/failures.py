@@ -243,9 +243,23 @@ def first_tool(row: Mapping[str, Any]) -> str:
     return records[0]["tool"] or NO_TOOL
 
 
+def _signal_groups(rows: Sequence[Mapping[str, Any]]) -> tuple[int, int] | None:
+    """(groups, groups whose runs got different rewards) for training rollouts, whose rows
+    carry `step` and `query_index`; None for eval rows. Flow-GRPO's advantage is zero in a
+    group whose runs all scored the same, so the second count is how many of a question
+    type's groups could teach the planner anything."""
+    if not rows or any("step" not in r or "query_index" not in r for r in rows):
+        return None
+    rewards: dict[tuple[Any, Any], set[float]] = defaultdict(set)
+    for r in rows:
+        rewards[(r["step"], r["query_index"])].add(_score(r))
+    return len(rewards), sum(len(v) > 1 for v in rewards.values())
+
+
 def failure_report(rows: Iterable[Mapping[str, Any]], max_turns: int) -> dict[str, dict[str, Any]]:
-    """Per question type (and `all`): runs, correct, failure-class counts, first-tool choice,
-    runs out of turns, and the outcome of every turn."""
+    """Per question type (and `all`): runs, correct, failure-class counts, first-tool choice
+    and how many runs each first tool got right, runs out of turns, the outcome of every
+    turn, and for training rollouts the groups with a learning signal."""
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[str(row.get("type") or "untyped")].append(row)
@@ -253,7 +267,8 @@ def failure_report(rows: Iterable[Mapping[str, Any]], max_turns: int) -> dict[st
     report: dict[str, dict[str, Any]] = {}
     for kind in sorted(groups, key=lambda k: (k == "all", k)):
         subset = groups[kind]
-        failures = [f for f in (classify(r, max_turns) for r in subset) if f is not None]
+        verdicts = [(r, classify(r, max_turns)) for r in subset]
+        failures = [f for _, f in verdicts if f is not None]
         report[kind] = {
             "runs": len(subset),
             "correct": len(subset) - len(failures),
@@ -261,8 +276,11 @@ def failure_report(rows: Iterable[Mapping[str, Any]], max_turns: int) -> dict[st
             "classes": dict(Counter(f.cls for f in failures).most_common()),
             "ran_out_of_turns": sum(f.ran_out_of_turns for f in failures),
             "first_tool": dict(Counter(first_tool(r) for r in subset).most_common()),
+            "correct_by_first_tool": dict(Counter(first_tool(r) for r, f in verdicts if f is None).most_common()),
             "failed_turn_outcomes": dict(Counter(o for f in failures for o in f.turn_outcomes).most_common()),
         }
+        if (signal := _signal_groups(subset)) is not None:
+            report[kind]["groups"], report[kind]["groups_with_signal"] = signal
     return report
 
 
@@ -284,13 +302,20 @@ def format_report(report: Mapping[str, Mapping[str, Any]]) -> str:
                    f"{part['ran_out_of_turns'] / max(failed, 1):.0%} |")
         outcomes = part["failed_turn_outcomes"]
         out += ["", "turn outcomes in failed runs: " + _shares(outcomes, sum(outcomes.values())), ""]
-    out += ["### first tool chosen", "", "| type | first tool |", "|---|---|"]
-    out += [f"| {kind} | {_shares(part['first_tool'], part['runs'])} |" for kind, part in report.items()]
+    out += ["### first tool chosen (runs, share, right answers)", "", "| type | first tool |", "|---|---|"]
+    out += [f"| {kind} | {_shares(part['first_tool'], part['runs'], part.get('correct_by_first_tool'))} |"
+            for kind, part in report.items()]
+    if all("groups" in part for part in report.values()):
+        out += ["", "### groups with a learning signal (runs of one query with different rewards)", ""]
+        out += [f"- {kind}: {part['groups_with_signal']} of {part['groups']}" for kind, part in report.items()]
     return "\n".join(out)
 
 
-def _shares(counts: Mapping[str, int], total: int) -> str:
-    return ", ".join(f"{name} {n} ({n / max(total, 1):.0%})" for name, n in counts.items()) or "-"
+def _shares(counts: Mapping[str, int], total: int, right: Mapping[str, int] | None = None) -> str:
+    return ", ".join(
+        f"{name} {n} ({n / max(total, 1):.0%}" + (f", {right.get(name, 0)} right)" if right is not None else ")")
+        for name, n in counts.items()
+    ) or "-"
 
 
 __all__ = ["CLASSES", "Failure", "TYPE_TOOLS", "classify", "contains_gold", "failure_report", "first_tool",
