@@ -73,7 +73,12 @@ def sft_train(model: Any, tokenizer: Any, turns: list[dict], config: FlowGRPOCon
         output_dir=str(output_dir),
         num_train_epochs=config.sft_epochs,
         learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.micro_batch_size,
+        # One sequence per forward, `micro_batch_size` of them per optimizer step (the
+        # Trainer averages the loss over all their completion tokens, as one batch would):
+        # TRL computes logits over the whole vocabulary at every position, prompt included,
+        # so a batch of 8 ~600-token turns of a 49k-vocabulary model held ~20 GB here.
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=config.micro_batch_size,
         completion_only_loss=True,
         max_length=None,
         report_to=[],
