@@ -2,7 +2,7 @@
 
     python benchmarks/learning.py --seeds 0,1,2         # the full result (examples/learning_toolmix.yaml)
     python benchmarks/learning.py --seeds 0             # one seed; a later --seeds 0,1,2 keeps it
-    python benchmarks/learning.py --train-minutes 20    # a shorter budget for both trainings
+    python benchmarks/learning.py --train-minutes 20    # cap Flow-GRPO at 20 min (SFT gets what it took)
     python benchmarks/learning.py --quick --tiny        # seconds, random tiny model (the test)
 
 Per seed (the config's `seed` replaced: sampling, LoRA init and query order change):
