@@ -18,7 +18,9 @@ Per seed (the config's `seed` replaced: sampling, LoRA init and query order chan
 
 Seeds run one at a time, and `<output>/learning.json` is rewritten after each one, so a
 stop between seeds loses nothing: a rerun skips the seeds already in the file (`--fresh`
-starts over). Each seed's entry records the commit it was measured on.
+starts over). Within a seed, the entry after the Flow-GRPO stage is kept in
+`<output>/learning.seed<N>.partial.json` until the seed is written, so a stop in the SFT
+stage costs only that stage. Each seed's entry records the commit it was measured on.
 
 Prints one table per seed and one over the seeds (mean ± sd of accuracy overall and per
 question type, the first tool chosen per question type, tool-call error rate, mean turns
@@ -245,28 +247,44 @@ def commit() -> str:
         return "unknown"
 
 
-def run_seed(data: dict[str, Any], seed: int, skip_sft: bool) -> dict[str, Any]:
-    """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items."""
+def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path,
+             resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items.
+
+    The entry as it stands after the Flow-GRPO stage is written to `partial`; given that
+    entry back (`resume`), the seed goes on with the SFT stage, which starts from the
+    untrained planner anyway, so a crash there costs the SFT stage only."""
     config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
     trainer = build_trainer(config)
     test_items = trainer.eval_items
     initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     print(f"seed {seed}: held-out items: {len(test_items)} ({dict(Counter(i.get('type') for i in test_items))})", flush=True)
 
-    entry: dict[str, Any] = {"seed": seed, "commit": commit()}
-    started = t = time.monotonic()
-    entry["untrained"] = summarize(evaluate(trainer, test_items))
-    print(f"seed {seed} untrained: accuracy {entry['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
+    started = time.monotonic()
+    if resume is not None:
+        entry, train_seconds = dict(resume), resume["train_minutes"] * 60
+        entry["sft_commit"] = commit()
+        run_dir = Path(entry["run_dir"])
+        print(f"seed {seed}: resumed after its Flow-GRPO stage (untrained {entry['untrained']['accuracy']:.1%}, "
+              f"flowgrpo {entry['flowgrpo']['accuracy']:.1%}, {run_dir})", flush=True)
+    else:
+        entry = {"seed": seed, "commit": commit()}
+        t = time.monotonic()
+        entry["untrained"] = summarize(evaluate(trainer, test_items))
+        print(f"seed {seed} untrained: accuracy {entry['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
 
-    t = time.monotonic()
-    run_dir = trainer.train()
-    train_seconds = time.monotonic() - t
-    entry["train_minutes"] = round(train_seconds / 60, 2)
-    entry["flowgrpo_steps"] = trainer.step_done
-    print(f"seed {seed} Flow-GRPO: {trainer.step_done} steps in {entry['train_minutes']:.1f} min -> {run_dir}", flush=True)
-    t = time.monotonic()
-    entry["flowgrpo"] = summarize(evaluate(trainer, test_items))
-    print(f"seed {seed} flowgrpo: accuracy {entry['flowgrpo']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
+        t = time.monotonic()
+        run_dir = trainer.train()
+        train_seconds = time.monotonic() - t
+        entry["train_minutes"] = round(train_seconds / 60, 2)
+        entry["flowgrpo_steps"] = trainer.step_done
+        print(f"seed {seed} Flow-GRPO: {trainer.step_done} steps in {entry['train_minutes']:.1f} min -> {run_dir}", flush=True)
+        t = time.monotonic()
+        entry["flowgrpo"] = summarize(evaluate(trainer, test_items))
+        print(f"seed {seed} flowgrpo: accuracy {entry['flowgrpo']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
+        entry["run_dir"] = str(run_dir)
+        entry["flowgrpo_stage_minutes"] = round((time.monotonic() - started) / 60, 2)
+        partial.write_text(json.dumps({"settings": partial_settings(data), "entry": entry}, indent=1) + "\n")
 
     if not skip_sft:
         # The ablation starts from the same initial planner (an in-place load: the engine
@@ -290,10 +308,15 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool) -> dict[str, Any]:
         print(f"seed {seed} SFT: {sft_stats} in {entry['sft_minutes']:.1f} min", flush=True)
         entry["sft"] = summarize(evaluate(trainer, test_items))
         print(f"seed {seed} sft: accuracy {entry['sft']['accuracy']:.1%}", flush=True)
-    entry["run_dir"] = str(run_dir)
-    entry["total_minutes"] = round((time.monotonic() - started) / 60, 2)
+    earlier = entry["flowgrpo_stage_minutes"] if resume is not None else 0.0  # before the stop
+    entry["total_minutes"] = round(earlier + (time.monotonic() - started) / 60, 2)
     print(table({s: entry[s] for s in SYSTEMS if s in entry}), flush=True)
     return entry
+
+
+def partial_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """What a partial seed must match to be resumed: the config without the run name."""
+    return {k: v for k, v in FlowGRPOConfig.from_dict(data).to_dict().items() if k != "run_name"}
 
 
 # --------------------------------------------------------------------------- main
@@ -345,9 +368,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"seed {seed}: already in {path} (commit {next(e['commit'] for e in done if e['seed'] == seed)}), kept",
                   flush=True)
             continue
-        entry = run_seed(data, seed, args.skip_sft)
+        # a seed that stopped after its Flow-GRPO stage goes on from there
+        partial = output / f"learning.seed{seed}.partial.json"
+        seed_data = {**data, "seed": seed}
+        resume = None
+        if partial.exists() and not args.fresh:
+            saved = json.loads(partial.read_text())
+            if saved["settings"] == partial_settings(seed_data):
+                resume = saved["entry"]
+        entry = run_seed(seed_data, seed, args.skip_sft, partial, resume)
         done = sorted([*done, entry], key=lambda e: e["seed"])
         out = write_result(path, done, settings)
+        partial.unlink(missing_ok=True)
         print(f"seed {seed}: written to {path} ({round((time.monotonic() - started) / 60, 1)} min so far)", flush=True)
 
     if out is None:  # every seed asked for was measured before: the summary of the file as it is

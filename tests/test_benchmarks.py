@@ -102,6 +102,37 @@ def test_learning_benchmark_seeds_resume_and_merge(tmp_path, capsys):
     assert [e["seed"] for e in json.loads((tmp_path / "results" / "learning.json").read_text())["seeds"]] == [1, 2]
 
 
+def test_learning_benchmark_resumes_a_seed_after_its_flowgrpo_stage(tmp_path, capsys, monkeypatch):
+    """A seed that dies in its SFT stage (as one did, killed for memory) keeps its untrained
+    and Flow-GRPO results in a partial file; the rerun trains nothing and finishes the seed."""
+    module = _load_script("learning")
+    common = ["--quick", "--tiny", "--seeds", "0", "--output", str(tmp_path / "results"),
+              "--runs-dir", str(tmp_path / "runs")]
+
+    def killed(*args, **kwargs):
+        raise MemoryError("killed in the SFT stage")
+
+    monkeypatch.setattr(module, "collect_successful_turns", killed)
+    with pytest.raises(MemoryError):
+        module.main(common)
+    partial = tmp_path / "results" / "learning.seed0.partial.json"
+    saved = json.loads(partial.read_text())["entry"]
+    assert {"untrained", "flowgrpo", "run_dir", "train_minutes"} <= set(saved) and "sft" not in saved
+    assert not (tmp_path / "results" / "learning.json").exists()
+    capsys.readouterr()
+
+    monkeypatch.undo()
+    from agentflow.trainer import FlowGRPOTrainer
+
+    monkeypatch.setattr(FlowGRPOTrainer, "train", lambda self: pytest.fail("the resumed seed trained again"))
+    out = module.main(common)
+    assert "seed 0: resumed after its Flow-GRPO stage" in capsys.readouterr().out
+    (entry,) = out["seeds"]
+    assert entry["untrained"] == saved["untrained"] and entry["flowgrpo"] == saved["flowgrpo"]
+    assert entry["run_dir"] == saved["run_dir"] and "sft" in entry and entry["sft_commit"]
+    assert not partial.exists()
+
+
 def test_failures_benchmark_quick_mode(tmp_path, capsys):
     """benchmarks/failures.py runs the system on held-out ToolMix items, writes eval rows the
     report viewer reads, and reading those rows back (--eval-dir) gives the same tables."""
