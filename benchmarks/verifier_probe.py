@@ -35,10 +35,9 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # no
 from agentflow import prompts  # noqa: E402
 from agentflow.evals.failures import contains_gold  # noqa: E402
 from agentflow.evals.viewer import read_jsonl  # noqa: E402
-from agentflow.extract import question_only  # noqa: E402
 from agentflow.factory import TINY_MODEL, ModelSpec, load_chat_model  # noqa: E402
 from agentflow.models import LocalChatModel, fast_dtype  # noqa: E402
-from agentflow.nodes.modules import render_memory  # noqa: E402
+from agentflow.nodes.modules import verifier_user  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROWS = ROOT / "benchmarks" / "results" / "failures" / "toolmix__untrained__turns2.jsonl"
@@ -48,8 +47,7 @@ VERDICTS = (" STOP", " CONTINUE")
 def verifier_prompt_ids(llm: LocalChatModel, query: str, memory: list[dict[str, Any]]) -> list[int]:
     """The token ids the verifier node sends a local model, its reply started (the test
     checks them against a live verifier call)."""
-    user = prompts.VERIFIER_USER.format(query=question_only(query), memory=render_memory(memory))
-    ids, _ = llm.encode_messages([SystemMessage(prompts.VERIFIER_SYSTEM), HumanMessage(user),
+    ids, _ = llm.encode_messages([SystemMessage(prompts.VERIFIER_SYSTEM), HumanMessage(verifier_user(query, memory)),
                                   AIMessage(prompts.VERIFIER_PREFIX)])
     return ids
 
@@ -97,15 +95,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row in rows:
         first = row["memory"][:1]
         oracle_stop = contains_gold(first[0].get("result") or "", row["gold"])
-        scored.append((oracle_stop, row.get("type", "all"), verdict_log_odds(llm, row["query"], first)))
+        scored.append((oracle_stop, verdict_log_odds(llm, row["query"], first)))
 
-    stop = [x for o, _, x in scored if o]
-    cont = [x for o, _, x in scored if not o]
+    stop = [x for o, x in scored if o]
+    cont = [x for o, x in scored if not o]
     result = {
         "rows": len(scored),
         "oracle_stop": len(stop),
-        "prefers_stop": sum(x > 0 for _, _, x in scored),
-        "agrees_with_oracle": sum((x > 0) == o for o, _, x in scored),
+        "prefers_stop": sum(x > 0 for _, x in scored),
+        "agrees_with_oracle": sum((x > 0) == o for o, x in scored),
         "mean_log_odds_oracle_stop": round(statistics.fmean(stop), 3) if stop else None,
         "mean_log_odds_oracle_continue": round(statistics.fmean(cont), 3) if cont else None,
         "auroc": None if (a := auroc(stop, cont)) is None else round(a, 3),

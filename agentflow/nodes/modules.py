@@ -226,9 +226,14 @@ VERIFIER_SHOTS: list[Shot] = [
 ]
 
 
+def verifier_user(query: str, memory: Sequence[MemoryRecord]) -> str:
+    """The verifier's question: the query (without any answer-format instruction) and the memory."""
+    return prompts.VERIFIER_USER.format(query=question_only(query), memory=render_memory(memory))
+
+
 def make_verifier(llm: BaseChatModel) -> Node:
     def verifier(state: AgentFlowState, config: RunnableConfig) -> dict[str, Any]:
-        user = prompts.VERIFIER_USER.format(query=question_only(state["query"]), memory=render_memory(state.get("memory", [])))
+        user = verifier_user(state["query"], state.get("memory", []))
         reply = _call(llm, prompts.VERIFIER_SYSTEM, user, prompts.VERIFIER_PREFIX, config, stops.VERIFIER,
                       VERIFIER_SHOTS, prompts.VERIFIER_REMINDER)
         verdict, _ = parse_verifier(reply)
