@@ -247,13 +247,14 @@ def commit() -> str:
         return "unknown"
 
 
-def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path,
+def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, settings: dict[str, Any],
              resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items.
 
-    The entry as it stands after the Flow-GRPO stage is written to `partial`; given that
-    entry back (`resume`), the seed goes on with the SFT stage, which starts from the
-    untrained planner anyway, so a crash there costs the SFT stage only."""
+    The entry as it stands after the Flow-GRPO stage is written to `partial`, with the
+    `settings` it was measured with; given that entry back (`resume`), the seed goes on with
+    the SFT stage, which starts from the untrained planner anyway, so a crash there costs
+    the SFT stage only."""
     config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
     trainer = build_trainer(config)
     test_items = trainer.eval_items
@@ -284,7 +285,7 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path,
         print(f"seed {seed} flowgrpo: accuracy {entry['flowgrpo']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
         entry["run_dir"] = str(run_dir)
         entry["flowgrpo_stage_minutes"] = round((time.monotonic() - started) / 60, 2)
-        partial.write_text(json.dumps({"settings": partial_settings(data), "entry": entry}, indent=1) + "\n")
+        partial.write_text(json.dumps({"settings": settings, "entry": entry}, indent=1) + "\n")
 
     if not skip_sft:
         # The ablation starts from the same initial planner (an in-place load: the engine
@@ -312,11 +313,6 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path,
     entry["total_minutes"] = round(earlier + (time.monotonic() - started) / 60, 2)
     print(table({s: entry[s] for s in SYSTEMS if s in entry}), flush=True)
     return entry
-
-
-def partial_settings(data: dict[str, Any]) -> dict[str, Any]:
-    """What a partial seed must match to be resumed: the config without the run name."""
-    return {k: v for k, v in FlowGRPOConfig.from_dict(data).to_dict().items() if k != "run_name"}
 
 
 # --------------------------------------------------------------------------- main
@@ -368,15 +364,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"seed {seed}: already in {path} (commit {next(e['commit'] for e in done if e['seed'] == seed)}), kept",
                   flush=True)
             continue
-        # a seed that stopped after its Flow-GRPO stage goes on from there
+        # a seed that stopped after its Flow-GRPO stage, with these settings, goes on from there
         partial = output / f"learning.seed{seed}.partial.json"
-        seed_data = {**data, "seed": seed}
         resume = None
         if partial.exists() and not args.fresh:
             saved = json.loads(partial.read_text())
-            if saved["settings"] == partial_settings(seed_data):
+            if saved["settings"] == settings and saved["entry"]["seed"] == seed:
                 resume = saved["entry"]
-        entry = run_seed(seed_data, seed, args.skip_sft, partial, resume)
+        entry = run_seed(data, seed, args.skip_sft, partial, settings, resume)
         done = sorted([*done, entry], key=lambda e: e["seed"])
         out = write_result(path, done, settings)
         partial.unlink(missing_ok=True)
