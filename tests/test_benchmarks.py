@@ -38,7 +38,7 @@ def test_rollout_benchmark_quick_mode(capsys):
     assert (out["decode_ms_per_step_1row"], out["decode_ms_per_step_g8"]) == pytest.approx((one, g8), abs=0.051)
     assert out["peak_rss_mb"] == pytest.approx(float(re.search(r"peak RSS (\d+) MB", text).group(1)), abs=1)
     off, on = map(int, re.search(r"stop rules G=8: off (\d+) decode steps.* vs on (\d+) decode steps", text).groups())
-    assert out["stop_rules_decode_steps_saved"] == pytest.approx(1 - on / off, abs=5e-4)
+    assert out["stop_rules_decode_steps_saved"] == round(1 - on / off, 3)
     from agentflow.nodes import stops
 
     assert stops.VERIFIER.end is stops.verifier_end  # the rules are back after the stop-rules-off rollout
