@@ -16,6 +16,14 @@ phase too, to tell which one sets it) and the whole wall time, and at G=8 the en
 prefix cache off vs on, its lean forward off vs on, and the stop-condition savings (the
 planner, executor and verifier stop rules of agentflow/nodes/stops.py off vs on: decode steps
 and completion tokens per rollout). The last line is one JSON object.
+
+With `--llama-server BIN --gguf MODEL.gguf`, the batch-5 work also goes to llama.cpp's own
+server, the engine a CPU user would pick instead: started here on 127.0.0.1 with 5 slots and
+the same thread count, sent the engine's prompt token ids 5 times at once (EOS ignored, the
+same number of new tokens, no prompt cache), interleaved with the engine's repetitions; its
+single-stream decode ms/token comes from its own timings. Build llama.cpp yourself and
+convert the model with its `convert_hf_to_gguf.py --outtype f32` (or bf16, to match the
+engine's dtype): nothing here downloads or builds it.
 Prints figures; not a timed test.
 """
 
@@ -25,9 +33,14 @@ import argparse
 import json
 import os
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from unittest.mock import patch
 
@@ -171,8 +184,63 @@ def planner_prompt(model, tokenizer, args) -> list[int]:
     return ids
 
 
-def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: int) -> dict:
-    """Tokens/s of raw `generate` and of the engine alone: same batch, prompt, length, dtype."""
+@contextmanager
+def llama_server(binary: str, gguf: str, slots: int, ctx_per_slot: int):
+    """llama.cpp's server on a free loopback port with `slots` parallel slots and torch's
+    thread count; yields its base URL, stops it on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
+           "-c", str(slots * ctx_per_slot), "-t", str(torch.get_num_threads()), "--no-webui"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("llama-server did not become healthy in 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def llama_completion(url: str, prompt: list[int], n: int) -> dict:
+    """One /completion request: these token ids, exactly `n` new tokens (EOS ignored), no
+    prompt cache, the benchmark's sampling (T=0.7, no top-k/top-p/min-p cut)."""
+    body = {"prompt": prompt, "n_predict": n, "ignore_eos": True, "cache_prompt": False, "temperature": 0.7,
+            "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+    req = urllib.request.Request(f"{url}/completion", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def llama_batch_tok_s(url: str, prompt: list[int], batch: int, n: int) -> float:
+    """Completion tokens/s of `batch` concurrent requests, end to end (prefill included)."""
+    with ThreadPoolExecutor(batch) as pool:
+        t = time.perf_counter()
+        outs = list(pool.map(lambda _: llama_completion(url, prompt, n), range(batch)))
+        wall = time.perf_counter() - t
+    return sum(o["tokens_predicted"] for o in outs) / wall
+
+
+def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: int, llama_url: str | None = None) -> dict:
+    """Tokens/s of raw `generate` and of the engine alone: same batch, prompt, length, dtype
+    (and of llama.cpp's server given its URL)."""
     from agentflow.models import GenerationEngine, SamplingParams
 
     n = args.max_new_tokens
@@ -184,7 +252,9 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
     cached = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed)
     engine.eos_ids = cached.eos_ids = set()  # every row runs exactly n tokens, as with min_new_tokens=n below
     params = SamplingParams(max_new_tokens=n, temperature=0.7)
-    raw, eng, eng_cached = [], [], []
+    raw, eng, eng_cached, llama = [], [], [], []
+    if llama_url:
+        llama_batch_tok_s(llama_url, prompt, batch, 2)  # warm-up
     with torch.inference_mode():
         model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=True, pad_token_id=tokenizer.pad_token_id)
     [f.result() for f in [engine.submit(prompt, params) for _ in range(batch)]]
@@ -201,10 +271,13 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
         t = time.perf_counter()
         outs = [f.result() for f in [cached.submit(prompt, params) for _ in range(batch)]]
         eng_cached.append(sum(len(o.completion_ids) for o in outs) / (time.perf_counter() - t))
+        if llama_url:
+            llama.append(llama_batch_tok_s(llama_url, prompt, batch, n))
     engine.close()
     cached.close()
     return {"batch": batch, "raw_tok_s": statistics.median(raw), "engine_tok_s": statistics.median(eng),
-            "cached_tok_s": statistics.median(eng_cached), "raw_all": raw, "engine_all": eng}
+            "cached_tok_s": statistics.median(eng_cached), "raw_all": raw, "engine_all": eng,
+            "llama_tok_s": statistics.median(llama) if llama else None, "llama_all": llama}
 
 
 def decode_ms_per_step(model, tokenizer, args, prompt: list[int], rows: int, reps: int) -> float:
@@ -254,7 +327,11 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=None, help="G=8 rollouts to take the median of (default 3, quick 1)")
     p.add_argument("--compare-generate-batch", action="store_true", help="also time transformers' generate_batch")
+    p.add_argument("--llama-server", metavar="BIN", help="llama.cpp's llama-server binary: compare the batch-5 line with it")
+    p.add_argument("--gguf", metavar="PATH", help="the same model as GGUF, for --llama-server")
     args = p.parse_args(argv)
+    if bool(args.llama_server) != bool(args.gguf):
+        p.error("--llama-server and --gguf go together")
     started = time.perf_counter()  # the whole run's wall time counts (compile or pack time included)
     if args.dtype == "auto":
         from agentflow.models import fast_dtype
@@ -329,17 +406,32 @@ def main(argv=None) -> dict:
     # Fixed at 5 rows (not the rollouts' mean batch, which moves with the sampled turns), so
     # runs compare; EOS ignored, max_new_tokens a row (48 by default).
     batch = 5
-    cmp8 = raw_vs_engine(model, tokenizer, args, batch, prompt, reps=1 if args.quick else 3)
+    reps = 1 if args.quick else 3
+    llama_step_ms = None
+    if args.llama_server:
+        with llama_server(args.llama_server, args.gguf, batch, len(prompt) + args.max_new_tokens + 16) as url:
+            cmp8 = raw_vs_engine(model, tokenizer, args, batch, prompt, reps, llama_url=url)
+            llama_step_ms = min(llama_completion(url, prompt, args.max_new_tokens)["timings"]["predicted_per_token_ms"]
+                                for _ in range(reps))
+    else:
+        cmp8 = raw_vs_engine(model, tokenizer, args, batch, prompt, reps)
     print(f"raw generate vs engine, batch {batch} (fixed; EOS ignored), prompt {len(prompt)} tok, "
           f"{args.max_new_tokens} new: raw {cmp8['raw_tok_s']:.1f} tok/s, engine {cmp8['engine_tok_s']:.1f} tok/s, "
           f"engine/raw {cmp8['engine_tok_s'] / cmp8['raw_tok_s']:.2f}x (runs raw {[round(x) for x in cmp8['raw_all']]}, "
           f"engine {[round(x) for x in cmp8['engine_all']]}); engine with prefix cache {cmp8['cached_tok_s']:.1f} tok/s; "
           f"peak RSS so far {rss_mb():.0f} MB")
+    if cmp8["llama_tok_s"]:
+        print(f"llama.cpp server vs engine, batch {batch} (same prompt ids, EOS ignored, {args.max_new_tokens} new, "
+              f"no prompt cache; {Path(args.gguf).name}): llama.cpp {cmp8['llama_tok_s']:.1f} tok/s, engine "
+              f"{cmp8['engine_tok_s']:.1f} tok/s, engine/llama.cpp {cmp8['engine_tok_s'] / cmp8['llama_tok_s']:.2f}x "
+              f"(runs llama.cpp {[round(x) for x in cmp8['llama_all']]}); llama.cpp single-stream decode "
+              f"{llama_step_ms:.1f} ms/token")
     print(f"engine end-to-end in the graph, G=8: {g8['engine_tokens'] / g8['wall']:.1f} tok/s")
     single = decode_ms_per_step(model, tokenizer, args, prompt, 1, reps=1 if args.quick else 2)
     five = decode_ms_per_step(model, tokenizer, args, prompt, 5, reps=1 if args.quick else 2)
     print(f"decode ms/step: 1 row {single:.1f}, 5 rows {five:.1f} ({five / single:.2f}x the single-row step), "
-          f"G=8 rollouts {g8['decode_ms_per_step']:.1f} at {g8['mean_rows']:.1f} rows ({g8['decode_ms_per_step'] / single:.2f}x)")
+          f"G=8 rollouts {g8['decode_ms_per_step']:.1f} at {g8['mean_rows']:.1f} rows ({g8['decode_ms_per_step'] / single:.2f}x)"
+          + (f"; llama.cpp single stream {llama_step_ms:.1f}" if llama_step_ms else ""))
     cmp32 = None
     if not args.quick:
         b32 = 20  # fixed, as batch 5 above
@@ -366,6 +458,8 @@ def main(argv=None) -> dict:
         "decode_ms_per_step_1row": round(single, 1),
         "stop_rules_decode_steps_saved": round(1 - g8["steps"] / free["steps"], 3),
         "stop_rules_speedup": round(free["wall"] / g8["wall"], 3),
+        "engine_vs_llama_cpp": round(cmp8["engine_tok_s"] / cmp8["llama_tok_s"], 3) if cmp8["llama_tok_s"] else None,
+        "llama_cpp_decode_ms_per_token": round(llama_step_ms, 1) if llama_step_ms else None,
         "wall_min": round(total / 60, 2),
     }
     print(json.dumps(out))

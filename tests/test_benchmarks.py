@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,19 +13,20 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_throughput.py"
 
 
-def test_rollout_benchmark_quick_mode(capsys):
-    """The last-line figures are the ratios of what the run measured and printed, the G=8
-    rollout finished every run, and the prefix cache reused the group's shared prompts.
-    No speed is asserted: on a tiny random model speed means nothing (the real run prints it)."""
+def _run_rollout_benchmark(capsys, *extra: str) -> tuple[dict, str]:
+    """The rollout benchmark in quick mode on the tiny model, checked line by line: the
+    last-line figures are the ratios of what the run measured and printed, the G=8 rollout
+    finished every run, and the prefix cache reused the group's shared prompts."""
     spec = importlib.util.spec_from_file_location("rollout_throughput", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.main(["--quick", "--tiny", "--max-new-tokens", "4"])
+    out = module.main(["--quick", "--tiny", "--max-new-tokens", "4", *extra])
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == out
     assert set(out) == {"speedup_vs_peer", "speedup_vs_peer_32", "engine_vs_raw", "peak_rss_mb",
                         "decode_ms_per_step_g8", "decode_ms_per_step_1row", "wall_min",
-                        "stop_rules_decode_steps_saved", "stop_rules_speedup"}
+                        "stop_rules_decode_steps_saved", "stop_rules_speedup", "engine_vs_llama_cpp",
+                        "llama_cpp_decode_ms_per_token"}
     text = "\n".join(lines)
     peer = float(re.search(r"\(a\) peer .*?= ([\d.]+) traj/s", text).group(1))
     runs, engine = re.search(r"\(b\) engine G=8: (\d+) runs in [\d.]+s = ([\d.]+) traj/s", text).groups()
@@ -42,6 +44,32 @@ def test_rollout_benchmark_quick_mode(capsys):
     from agentflow.nodes import stops
 
     assert stops.VERIFIER.end is stops.verifier_end  # the rules are back after the stop-rules-off rollout
+    return out, text
+
+
+def test_rollout_benchmark_quick_mode(capsys):
+    """No speed is asserted: on a tiny random model speed means nothing (the real run prints it)."""
+    out, text = _run_rollout_benchmark(capsys)
+    assert out["engine_vs_llama_cpp"] is None and "llama.cpp" not in text
+
+
+@pytest.mark.skipif(not os.environ.get("AGENTFLOW_LLAMA_SERVER"),
+                    reason="needs a llama.cpp llama-server binary in AGENTFLOW_LLAMA_SERVER (built by the user; "
+                           "no registry here ships one)")
+def test_rollout_benchmark_against_a_real_llama_server(capsys):
+    """The batch-5 work also goes to a real llama.cpp server (AGENTFLOW_LLAMA_GGUF, else the Q4_1
+    GGUF the embedded model ships as: either has the tiny model's vocabulary), and the printed
+    figures are the JSON's."""
+    from agentflow.models.loading import _gguf_path
+
+    gguf = os.environ.get("AGENTFLOW_LLAMA_GGUF") or str(_gguf_path())
+    out, text = _run_rollout_benchmark(capsys, "--llama-server", os.environ["AGENTFLOW_LLAMA_SERVER"], "--gguf", gguf)
+    llama, ratio = map(float, re.search(r"llama.cpp server vs engine, batch 5 .*?: llama.cpp ([\d.]+) tok/s, "
+                                        r"engine [\d.]+ tok/s, engine/llama.cpp ([\d.]+)x", text).groups())
+    assert llama > 0
+    assert out["engine_vs_llama_cpp"] == pytest.approx(ratio, abs=0.0051)
+    step = float(re.search(r"llama.cpp single-stream decode ([\d.]+) ms/token", text).group(1))
+    assert out["llama_cpp_decode_ms_per_token"] == pytest.approx(step, abs=0.051) and step > 0
 
 
 def _load_script(name: str):
