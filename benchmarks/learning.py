@@ -2,6 +2,7 @@
 
     python benchmarks/learning.py --seeds 0,1,2         # the full result (examples/learning_toolmix.yaml)
     python benchmarks/learning.py --seeds 0             # one seed; a later --seeds 0,1,2 keeps it
+    python benchmarks/learning.py --seeds 0 --redo-sft 0  # seed 0's SFT stage again, its other results kept
     python benchmarks/learning.py --train-minutes 20    # cap Flow-GRPO at 20 min (SFT gets what it took)
     python benchmarks/learning.py --quick --tiny        # seconds, random tiny model (the test)
 
@@ -20,7 +21,9 @@ Seeds run one at a time, and `<output>/learning.json` is rewritten after each on
 stop between seeds loses nothing: a rerun skips the seeds already in the file (`--fresh`
 starts over). Within a seed, the entry after the Flow-GRPO stage is kept in
 `<output>/learning.seed<N>.partial.json` until the seed is written, so a stop in the SFT
-stage costs only that stage. Each seed's entry records the commit it was measured on.
+stage costs only that stage. Each seed's entry records the commit it was measured on, and
+`sft_commit` where its SFT stage ran on another (a resumed seed, or `--redo-sft` after a fix
+to that stage: it reruns the stage from the entry, as a resume does).
 
 Prints one table per seed and one over the seeds (mean ± sd of accuracy overall and per
 question type, the first tool chosen per question type, tool-call error rate, mean turns
@@ -52,6 +55,8 @@ from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "examples" / "learning_toolmix.yaml"
 SYSTEMS = ("untrained", "sft", "flowgrpo")
+# what a seed's SFT stage writes into its entry (and --redo-sft replaces)
+SFT_FIELDS = ("sft", "sft_minutes", "sft_stats", "sft_commit", "total_minutes")
 
 # --quick: every stage runs, at sizes that take seconds (the suite's test of this script)
 QUICK = dict(group_size=2, queries_per_step=2, max_steps=2, max_turns=1, max_new_tokens=6,
@@ -328,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="tiny sizes: every stage in seconds")
     p.add_argument("--tiny", action="store_true", help="a random tiny model instead of SmolLM2-135M")
     p.add_argument("--skip-sft", action="store_true", help="leave out the SFT ablation")
+    p.add_argument("--redo-sft", default="", metavar="SEEDS",
+                   help="comma-separated seeds of learning.json whose SFT stage runs again (the rest of each kept)")
     args = p.parse_args(argv)
 
     data = FlowGRPOConfig.from_yaml(args.config).to_dict()
@@ -341,6 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.n_test is not None:
         data["eval_limit"] = args.n_test
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [data["seed"]]
+    redo = {int(s) for s in args.redo_sft.split(",") if s}
+    if not redo <= set(seeds) or (redo and args.skip_sft):
+        p.error("--redo-sft takes seeds among --seeds, without --skip-sft")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "learning.json"
@@ -360,19 +370,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     out = None
     for seed in seeds:
-        if any(entry["seed"] == seed for entry in done):
-            print(f"seed {seed}: already in {path} (commit {next(e['commit'] for e in done if e['seed'] == seed)}), kept",
-                  flush=True)
-            continue
-        # a seed that stopped after its Flow-GRPO stage, with these settings, goes on from there
+        kept = next((e for e in done if e["seed"] == seed), None)
         partial = output / f"learning.seed{seed}.partial.json"
         resume = None
-        if partial.exists() and not args.fresh:
+        if kept is not None and seed in redo:  # its SFT stage again, from its entry
+            resume = {k: v for k, v in kept.items() if k not in SFT_FIELDS}
+            print(f"seed {seed}: its SFT stage again (measured at commit {kept.get('sft_commit', kept['commit'])})",
+                  flush=True)
+        elif kept is not None:
+            print(f"seed {seed}: already in {path} (commit {kept['commit']}), kept", flush=True)
+            continue
+        elif partial.exists() and not args.fresh:
+            # a seed that stopped after its Flow-GRPO stage, with these settings, goes on from there
             saved = json.loads(partial.read_text())
             if saved["settings"] == settings and saved["entry"]["seed"] == seed:
                 resume = saved["entry"]
         entry = run_seed(data, seed, args.skip_sft, partial, settings, resume)
-        done = sorted([*done, entry], key=lambda e: e["seed"])
+        done = sorted([*(e for e in done if e["seed"] != seed), entry], key=lambda e: e["seed"])
         out = write_result(path, done, settings)
         partial.unlink(missing_ok=True)
         print(f"seed {seed}: written to {path} ({round((time.monotonic() - started) / 60, 1)} min so far)", flush=True)

@@ -161,6 +161,30 @@ def test_learning_benchmark_resumes_a_seed_after_its_flowgrpo_stage(tmp_path, ca
     assert not partial.exists()
 
 
+def test_learning_benchmark_redoes_the_sft_stage_of_a_measured_seed(tmp_path, capsys, monkeypatch):
+    """--redo-sft reruns a measured seed's SFT stage (after a fix to it) and keeps the rest of
+    its entry; the other seeds are kept as they are."""
+    module = _load_script("learning")
+    common = ["--quick", "--tiny", "--output", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    first = module.main([*common, "--seeds", "0,1"])
+    capsys.readouterr()
+    from agentflow.trainer import FlowGRPOTrainer
+
+    monkeypatch.setattr(FlowGRPOTrainer, "train", lambda self: pytest.fail("--redo-sft trained again"))
+    collected = []
+    real = module.collect_successful_turns
+    monkeypatch.setattr(module, "collect_successful_turns", lambda *a, **k: collected.append(1) or real(*a, **k))
+    out = module.main([*common, "--seeds", "0,1", "--redo-sft", "1"])
+    assert "seed 1: its SFT stage again" in capsys.readouterr().out and collected == [1]
+    (old0, old1), (new0, new1) = first["seeds"], out["seeds"]
+    assert new0 == old0
+    assert {k: v for k, v in new1.items() if k not in module.SFT_FIELDS} == \
+        {k: v for k, v in old1.items() if k not in module.SFT_FIELDS}
+    assert "sft" in new1 and new1["sft_commit"]
+    with pytest.raises(SystemExit):
+        module.main([*common, "--seeds", "0", "--redo-sft", "1"])
+
+
 def test_failures_benchmark_quick_mode(tmp_path, capsys):
     """benchmarks/failures.py runs the system on held-out ToolMix items, writes eval rows the
     report viewer reads, and reading those rows back (--eval-dir) gives the same tables."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentflow.models import GenerationEngine, SamplingParams, tiny_model
+from agentflow.models import GenerationEngine, SamplingParams, mark_weights_updated, tiny_model
 from agentflow.models.engine.fast_forward import FastForward
 
 
@@ -68,6 +68,22 @@ def test_lora_policy_is_merged_and_follows_updates(tokenizer):
     assert [o.logprobs for o in first] != [o.logprobs for o in second]
     with model.disable_adapter():  # the KL reference view of the same model
         _check_against_model(engine, model, prompts)
+
+
+def test_weights_a_fused_optimizer_wrote_are_seen_after_mark_weights_updated(tokenizer):
+    """A fused AdamW step (the Hugging Face Trainer's default) writes without bumping the
+    parameters' version counters; `mark_weights_updated` makes the engine repack."""
+    model = tiny_model(vocab_size=len(tokenizer))
+    engine = GenerationEngine(model, tokenizer, seed=0, prefix_cache_min=8)
+    prompts = _prompts(tokenizer)[:3]
+    first = _check_against_model(engine, model, prompts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    mark_weights_updated(model)
+    second = _check_against_model(engine, model, prompts)
+    assert [o.logprobs for o in first] != [o.logprobs for o in second]
 
 
 def test_qwen2_biases(tokenizer):

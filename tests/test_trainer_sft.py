@@ -37,3 +37,31 @@ def test_sft_without_successes_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(sft, "make_reward", lambda name: lambda state, item: 0.0)
     with pytest.raises(RuntimeError, match="no successful run"):
         sft_from_config(tiny_config(tmp_path, sft_queries=1, group_size=2))
+
+
+def test_the_engine_decodes_what_sft_trained(tmp_path):
+    """After `sft_train` (the HF Trainer's fused AdamW) the planner's engine decodes the tuned
+    weights, as `benchmarks/learning.py` evaluates the SFT ablation through it: greedy
+    log-probs equal the tuned model's own forward, which runs in fp32 again (not under the
+    Trainer's bf16 autocast). The engine once went on decoding the weights SFT started
+    from, so the ablation scored the untrained planner."""
+    from agentflow.models import SamplingParams
+    from agentflow.trainer import FlowGRPOConfig, build_trainer
+
+    config = FlowGRPOConfig.from_dict(tiny_config(tmp_path, lora=True, learning_rate=5e-2, micro_batch_size=2))
+    trainer = build_trainer(config)
+    engine = trainer.policy.engine
+    prompt = list(range(100, 140))
+    greedy = SamplingParams(max_new_tokens=6, temperature=0.0)
+    before = engine.generate(prompt, greedy)
+    turns = [{"prompt_ids": prompt, "completion_ids": [7, 8, 9, 10, 11, 12]}] * 4
+    model, _ = sft.sft_train(trainer.model, trainer.policy.tokenizer, turns, config, tmp_path / "sft")
+    assert model is trainer.model  # the policy already has its adapter: trained in place
+    after = engine.generate(prompt, greedy)
+    ids = torch.tensor([prompt + after.completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    reference = torch.log_softmax(logits, -1).gather(-1, torch.tensor(after.completion_ids)[:, None])[:, 0]
+    assert after.logprobs == pytest.approx(reference.tolist(), abs=1e-4)
+    assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4) or after.completion_ids != before.completion_ids
+

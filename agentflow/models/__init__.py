@@ -1,7 +1,14 @@
 """The local model layer: loading (incl. the embedded default), batched engine, chat model."""
 
 from agentflow.models.chat import LocalChatModel
-from agentflow.models.engine import Generation, GenerationBackend, GenerationEngine, RequestTooLarge, SamplingParams
+from agentflow.models.engine import (
+    Generation,
+    GenerationBackend,
+    GenerationEngine,
+    RequestTooLarge,
+    SamplingParams,
+    mark_weights_updated,
+)
 from agentflow.models.loading import (
     DEFAULT_MODEL,
     bf16_is_fast,
@@ -25,5 +32,6 @@ __all__ = [
     "cache_dir",
     "load_model",
     "resolve_model_path",
+    "mark_weights_updated",
     "tiny_model",
 ]

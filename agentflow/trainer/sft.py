@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentflow.models import bf16_is_fast
+from agentflow.models import bf16_is_fast, mark_weights_updated
 from agentflow.trainer.build import JudgeReward, build_graph_and_models, config_reward, load_datasets, make_reward
 from agentflow.trainer.checkpoint import save_planner
 from agentflow.trainer.config import FlowGRPOConfig
@@ -93,8 +93,14 @@ def sft_train(model: Any, tokenizer: Any, turns: list[dict], config: FlowGRPOCon
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     result = trainer.train()
-    trainer.model.eval()
-    return trainer.model, result.training_loss
+    # With bf16 the Trainer's accelerator patched the model's forward to run under autocast;
+    # the model goes back without that patch, so later forwards compute in its own dtype.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    model.eval()
+    # The Trainer's fused AdamW writes without bumping the parameters' version counters:
+    # without this, an engine over this model goes on decoding the weights SFT started from.
+    mark_weights_updated(model)
+    return model, result.training_loss
 
 
 def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig) -> Path:

@@ -7,6 +7,8 @@
 """
 
 from agentflow.models.engine.engine import GenerationEngine
+from agentflow.models.engine.runner import mark_weights_updated
 from agentflow.models.engine.types import Generation, GenerationBackend, RequestTooLarge, SamplingParams
 
-__all__ = ["Generation", "GenerationBackend", "GenerationEngine", "RequestTooLarge", "SamplingParams"]
+__all__ = ["Generation", "GenerationBackend", "GenerationEngine", "RequestTooLarge", "SamplingParams",
+           "mark_weights_updated"]

@@ -16,6 +16,17 @@ from agentflow.models.engine.fast_forward import FastForward, lora_state
 from agentflow.models.engine.kv_cache import KVShape, Segment, SlotCache
 
 
+def mark_weights_updated(model: torch.nn.Module) -> None:
+    """Tell every engine decoding `model` that its weights changed.
+
+    Engines notice a change by the parameters' version counters, which ordinary in-place
+    writes bump (torch's default optimizers, `load_state_dict`, `copy_`). Fused kernels
+    write without bumping them: after `torch.optim.AdamW(fused=True)` steps (the Hugging
+    Face Trainer's default optimizer, `adamw_torch_fused`) an engine would go on decoding
+    with the weights it packed before. Code that updates weights that way calls this after."""
+    torch.autograd.graph.increment_version(list(model.parameters()))
+
+
 class ModelRunner:
     """Runs a causal LM over the slot cache; `fast` is the lean forward, None when it does
     not cover the model or was not asked for."""
@@ -42,7 +53,8 @@ class ModelRunner:
     def sync_weights(self) -> bool:
         """True when the function the model computes may have changed since the last call:
         a parameter updated in place (optimizer step, load) or replaced, or a peft adapter
-        toggled (`disable_adapter()`, `set_adapter`, merge). The lean forward's packed
+        toggled (`disable_adapter()`, `set_adapter`, merge). A write that bypasses the
+        version counters is seen only after `mark_weights_updated`. The lean forward's packed
         weights are rebuilt then; the caller drops keys/values computed with the old ones."""
         state = (
             tuple((id(p), p._version) for p in self.model.parameters()),
