@@ -241,13 +241,16 @@ def plot(run_dirs: dict[int, Path], results: dict[str, dict[str, Any]], output: 
 
 # --------------------------------------------------------------------------- one seed
 def commit() -> str:
-    """The commit measured, with "-dirty" when the checkout has uncommitted changes."""
+    """The commit measured, with "-dirty" when the checkout has uncommitted changes outside
+    benchmarks/results (where this script's own learning.json and plots change after every
+    seed: counting them marked every seed after the first as dirty)."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -185,6 +185,32 @@ def test_learning_benchmark_redoes_the_sft_stage_of_a_measured_seed(tmp_path, ca
         module.main([*common, "--seeds", "0", "--redo-sft", "1"])
 
 
+def test_learning_benchmark_commit_ignores_its_own_results(tmp_path, monkeypatch):
+    """A seed records the commit it measured; learning.json and the plots the previous seed
+    wrote under benchmarks/results do not make it "-dirty", a change to code does."""
+    import subprocess
+
+    module = _load_script("learning")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "learning.json").write_text("{}\n")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    clean = module.commit()
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "benchmarks" / "results" / "learning.json").write_text('{"seeds": []}\n')
+    assert module.commit() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert module.commit() == clean + "-dirty"
+
+
 def test_failures_benchmark_quick_mode(tmp_path, capsys):
     """benchmarks/failures.py runs the system on held-out ToolMix items, writes eval rows the
     report viewer reads, and reading those rows back (--eval-dir) gives the same tables."""
