@@ -17,8 +17,8 @@ Per seed (the config's `seed` replaced: sampling, LoRA init and query order chan
    roll out the untrained graph, keep the planner turns of successful runs and fine-tune
    on them offline (TRL SFTTrainer), then evaluate once more.
 
-Seeds run one at a time, and `<output>/learning.json` is rewritten after each one, so a
-stop between seeds loses nothing: a rerun skips the seeds already in the file (`--fresh`
+Seeds run one at a time, each in its own process, and `<output>/learning.json` is
+rewritten after each one, so a stop between seeds loses nothing: a rerun skips the seeds already in the file (`--fresh`
 starts over). Within a seed, the entry after the Flow-GRPO stage is kept in
 `<output>/learning.seed<N>.partial.json` until the seed is written, so a stop in the SFT
 stage costs only that stage. Each seed's entry records the commit it was measured on, and
@@ -371,6 +371,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = previous.get("seeds", [])
     print(f"config: {json.dumps(settings)}", flush=True)
 
+    todo = [seed for seed in seeds if seed in redo or all(e["seed"] != seed for e in done)]
+    if len(todo) > 1:
+        # Each seed in its own process: one seed peaks near 17 GB on the 135M (rollouts, the
+        # update's full-vocabulary logits, SFT), and what one seed's process held was not
+        # all returned before the next began: a second seed in the same process was killed
+        # for memory at 23.7 GB on a 24 GB machine.
+        if args.fresh:
+            path.unlink(missing_ok=True)
+            for seed in todo:
+                (output / f"learning.seed{seed}.partial.json").unlink(missing_ok=True)
+        for seed in seeds:
+            if seed not in todo:
+                print(f"seed {seed}: already in {path}, kept", flush=True)
+                continue
+            subprocess.run([sys.executable, "-u", __file__, *seed_argv(args, seed, redo)], check=True)
+        done = json.loads(path.read_text())["seeds"]
+        seeds = []  # all measured: only the summary is left to print
+
     out = None
     for seed in seeds:
         kept = next((e for e in done if e["seed"] == seed), None)
@@ -401,6 +419,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(out["results"]))
     print(json.dumps(out))
     return out
+
+
+def seed_argv(args: argparse.Namespace, seed: int, redo: set[int]) -> list[str]:
+    """The command line that measures `seed` alone with these arguments."""
+    argv = ["--config", args.config, "--output", args.output, "--runs-dir", args.runs_dir, "--seeds", str(seed)]
+    if args.train_minutes is not None:
+        argv += ["--train-minutes", str(args.train_minutes)]
+    if args.n_test is not None:
+        argv += ["--n-test", str(args.n_test)]
+    argv += [flag for flag, on in (("--quick", args.quick), ("--tiny", args.tiny), ("--skip-sft", args.skip_sft)) if on]
+    return argv + (["--redo-sft", str(seed)] if seed in redo else [])
 
 
 def write_result(path: Path, entries: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
