@@ -18,8 +18,8 @@ Per seed (the config's `seed` replaced: sampling, LoRA init and query order chan
    on them offline (TRL SFTTrainer), then evaluate once more.
 
 Seeds run one at a time, each in its own process, and `<output>/learning.json` is
-rewritten after each one, so a stop between seeds loses nothing: a rerun skips the seeds already in the file (`--fresh`
-starts over). Within a seed, the entry after the Flow-GRPO stage is kept in
+rewritten after each one, so a stop between seeds loses nothing: a rerun skips the seeds
+already in the file (`--fresh` starts over). Within a seed, the entry after the Flow-GRPO stage is kept in
 `<output>/learning.seed<N>.partial.json` until the seed is written, so a stop in the SFT
 stage costs only that stage. Each seed's entry records the commit it was measured on, and
 `sft_commit` where its SFT stage ran on another (a resumed seed, or `--redo-sft` after a fix
@@ -385,7 +385,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if seed not in todo:
                 print(f"seed {seed}: already in {path}, kept", flush=True)
                 continue
-            subprocess.run([sys.executable, "-u", __file__, *seed_argv(args, seed, redo)], check=True)
+            rc = subprocess.run([sys.executable, "-u", __file__, *seed_argv(args, seed, redo)]).returncode
+            if rc != 0:
+                raise SystemExit(f"seed {seed}: its process ended with exit code {rc}; the seeds measured before it "
+                                 f"are in {path} and a rerun goes on from there")
         done = json.loads(path.read_text())["seeds"]
         seeds = []  # all measured: only the summary is left to print
 

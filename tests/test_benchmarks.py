@@ -185,6 +185,22 @@ def test_learning_benchmark_redoes_the_sft_stage_of_a_measured_seed(tmp_path, ca
         module.main([*common, "--seeds", "0", "--redo-sft", "1"])
 
 
+def test_learning_benchmark_runs_several_seeds_in_their_own_processes(tmp_path, monkeypatch):
+    """Two seeds to measure: each is its own `learning.py --seeds N` process (one seed's memory
+    is not all returned before the next); one killed (as for memory, exit 137) ends the run
+    with the seed named and the seeds before it kept."""
+    import subprocess as sp
+
+    module = _load_script("learning")
+    common = ["--quick", "--tiny", "--skip-sft", "--output", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    calls = []
+    monkeypatch.setattr(module.subprocess, "run", lambda argv, **kw: calls.append(argv) or sp.CompletedProcess(argv, 137))
+    with pytest.raises(SystemExit, match="seed 4: its process ended with exit code 137"):
+        module.main(["--seeds", "4,5", *common])
+    assert calls[0][1:3] == ["-u", str(SCRIPT.parent / "learning.py")]
+    assert calls[0][calls[0].index("--seeds") + 1] == "4" and "--skip-sft" in calls[0]
+
+
 def test_learning_benchmark_commit_ignores_its_own_results(tmp_path, monkeypatch):
     """A seed records the commit it measured; learning.json and the plots the previous seed
     wrote under benchmarks/results do not make it "-dirty", a change to code does."""
