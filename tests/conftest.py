@@ -58,6 +58,18 @@ def query_of(messages: list[BaseMessage]) -> str:
     return match.group(1).strip() if match else ""
 
 
+def reference_logprobs(model, prompt: list[int], completion: list[int], temperature: float = 0.0) -> list[float]:
+    """Log-probs of `completion` from one full forward pass of the model itself, tempered as
+    the engine samples (greedy: none): what the engine's recorded log-probs must equal."""
+    import torch
+
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+    logits = logits / temperature if temperature > 0 else logits
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
 @pytest.fixture
 def scripted():
     return lambda respond: ScriptedChatModel(respond=respond)

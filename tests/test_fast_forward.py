@@ -13,6 +13,7 @@ import torch
 
 from agentflow.models import GenerationEngine, SamplingParams, mark_weights_updated, tiny_model
 from agentflow.models.engine.fast_forward import FastForward
+from tests.conftest import reference_logprobs
 
 
 def _prompts(tokenizer):
@@ -20,18 +21,10 @@ def _prompts(tokenizer):
     return [shared + tokenizer.encode(f" Question {i}: what is {i} * 7?" * (1 + i % 3)) for i in range(5)]
 
 
-def _reference_logprobs(model, prompt, completion):
-    """Log-probs of `completion` from one full forward pass of the model itself (greedy: T=1)."""
-    ids = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
-
-
 def _check_against_model(engine, model, prompts):
     outs = [f.result() for f in [engine.submit(p, SamplingParams(max_new_tokens=8)) for p in prompts]]
     for prompt, out in zip(prompts, outs):
-        assert out.logprobs == pytest.approx(_reference_logprobs(model, prompt, out.completion_ids), abs=1e-4)
+        assert out.logprobs == pytest.approx(reference_logprobs(model, prompt, out.completion_ids), abs=1e-4)
     return outs
 
 

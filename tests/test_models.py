@@ -11,6 +11,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from agentflow.models import GenerationEngine, LocalChatModel, RequestTooLarge, SamplingParams, tiny_model
 from agentflow.models.engine.kv_cache import KVShape, SlotCache
 from agentflow.models.engine.scheduler import Layout
+from tests.conftest import reference_logprobs
 
 
 @pytest.fixture(params=[True, False], ids=["fast_forward", "transformers_forward"])
@@ -44,12 +45,8 @@ def test_batched_greedy_matches_one_at_a_time(engine, tokenizer):
 def test_logprobs_match_a_full_forward_pass(engine, tokenizer, temperature):
     prompt = _prompts(tokenizer, 1)[0]
     out = engine.generate(prompt, SamplingParams(max_new_tokens=10, temperature=temperature, seed=3))
-    ids = torch.tensor([prompt + out.completion_ids])
-    with torch.no_grad():
-        logits = engine.model(ids).logits[0, len(prompt) - 1 : -1].float()
-    logits = logits / temperature if temperature > 0 else logits
-    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(out.completion_ids)[:, None])[:, 0]
-    assert out.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+    expected = reference_logprobs(engine.model, prompt, out.completion_ids, temperature)
+    assert out.logprobs == pytest.approx(expected, abs=1e-4)
 
 
 def test_seeds_make_samples_reproducible(engine, tokenizer):

@@ -14,6 +14,7 @@ from agentflow.evals import load_benchmark
 from agentflow.models import tiny_model
 from agentflow.trainer.checkpoint import load_planner
 from agentflow.trainer import sft_from_config
+from tests.conftest import reference_logprobs
 
 
 def test_sft_trains_on_successful_planner_turns(tmp_path, monkeypatch):
@@ -58,10 +59,6 @@ def test_the_engine_decodes_what_sft_trained(tmp_path):
     model, _ = sft.sft_train(trainer.model, trainer.policy.tokenizer, turns, config, tmp_path / "sft")
     assert model is trainer.model  # the policy already has its adapter: trained in place
     after = engine.generate(prompt, greedy)
-    ids = torch.tensor([prompt + after.completion_ids])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
-    reference = torch.log_softmax(logits, -1).gather(-1, torch.tensor(after.completion_ids)[:, None])[:, 0]
-    assert after.logprobs == pytest.approx(reference.tolist(), abs=1e-4)
+    assert after.logprobs == pytest.approx(reference_logprobs(model, prompt, after.completion_ids), abs=1e-4)
     assert after.logprobs != pytest.approx(before.logprobs, abs=1e-4) or after.completion_ids != before.completion_ids
 
