@@ -19,9 +19,9 @@ Per seed (the config's `seed` replaced: sampling, LoRA init and query order chan
 
 Seeds run one at a time, each in its own process, and `<output>/learning.json` is
 rewritten after each one, so a stop between seeds loses nothing: a rerun skips the seeds
-already in the file (`--fresh` starts over). Within a seed, the entry after the Flow-GRPO stage is kept in
-`<output>/learning.seed<N>.partial.json` until the seed is written, so a stop in the SFT
-stage costs only that stage. Each seed's entry records the commit it was measured on, and
+already in the file (`--fresh` starts over). Within a seed, the entry after the Flow-GRPO
+stage is kept in `<output>/learning.seed<N>.partial.json` until the seed is written, so a
+stop in the SFT stage costs only that stage. Each seed's entry records the commit it was measured on, and
 `sft_commit` where its SFT stage ran on another (a resumed seed, or `--redo-sft` after a fix
 to that stage: it reruns the stage from the entry, as a resume does).
 
@@ -372,38 +372,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"config: {json.dumps(settings)}", flush=True)
 
     todo = [seed for seed in seeds if seed in redo or all(e["seed"] != seed for e in done)]
-    if len(todo) > 1:
-        # Each seed in its own process: one seed peaks near 17 GB on the 135M (rollouts, the
-        # update's full-vocabulary logits, SFT), and what one seed's process held was not
-        # all returned before the next began: a second seed in the same process was killed
-        # for memory at 23.7 GB on a 24 GB machine.
-        if args.fresh:
-            path.unlink(missing_ok=True)
-            for seed in todo:
-                (output / f"learning.seed{seed}.partial.json").unlink(missing_ok=True)
-        for seed in seeds:
-            if seed not in todo:
-                print(f"seed {seed}: already in {path}, kept", flush=True)
-                continue
-            rc = subprocess.run([sys.executable, "-u", __file__, *seed_argv(args, seed, redo)]).returncode
-            if rc != 0:
-                raise SystemExit(f"seed {seed}: its process ended with exit code {rc}; the seeds measured before it "
-                                 f"are in {path} and a rerun goes on from there")
-        done = json.loads(path.read_text())["seeds"]
-        seeds = []  # all measured: only the summary is left to print
+    # Several seeds to measure: each in its own process. One seed peaks near 17 GB on the
+    # 135M (rollouts, the update's full-vocabulary logits, SFT), and what one seed's process
+    # held was not all returned before the next began: a second seed in the same process
+    # was killed for memory at 23.7 GB on a 24 GB machine.
+    isolate = len(todo) > 1
+    if isolate and args.fresh:
+        path.unlink(missing_ok=True)
+        for seed in todo:
+            (output / f"learning.seed{seed}.partial.json").unlink(missing_ok=True)
 
     out = None
     for seed in seeds:
         kept = next((e for e in done if e["seed"] == seed), None)
+        if seed not in todo:
+            print(f"seed {seed}: already in {path} (commit {kept['commit']}), kept", flush=True)
+            continue
+        if isolate:
+            rc = subprocess.run([sys.executable, "-u", __file__, *seed_argv(args, seed, redo)]).returncode
+            if rc != 0:
+                raise SystemExit(f"seed {seed}: its process ended with exit code {rc}; the seeds measured before it "
+                                 f"are in {path} and a rerun goes on from there")
+            continue
         partial = output / f"learning.seed{seed}.partial.json"
         resume = None
-        if kept is not None and seed in redo:  # its SFT stage again, from its entry
+        if kept is not None:  # --redo-sft: its SFT stage again, from its entry
             resume = {k: v for k, v in kept.items() if k not in SFT_FIELDS}
             print(f"seed {seed}: its SFT stage again (measured at commit {kept.get('sft_commit', kept['commit'])})",
                   flush=True)
-        elif kept is not None:
-            print(f"seed {seed}: already in {path} (commit {kept['commit']}), kept", flush=True)
-            continue
         elif partial.exists() and not args.fresh:
             # a seed that stopped after its Flow-GRPO stage, with these settings, goes on from there
             saved = json.loads(partial.read_text())
@@ -415,7 +411,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         partial.unlink(missing_ok=True)
         print(f"seed {seed}: written to {path} ({round((time.monotonic() - started) / 60, 1)} min so far)", flush=True)
 
-    if out is None:  # every seed asked for was measured before: the summary of the file as it is
+    if isolate:  # the seed processes wrote the file
+        done = json.loads(path.read_text())["seeds"]
+    if out is None:  # measured before or by the seed processes: the summary of the file as it is
         out = write_result(path, done, settings)
     print()
     print(f"over seeds {[e['seed'] for e in done]} (mean ± sd):")
