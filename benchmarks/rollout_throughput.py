@@ -435,8 +435,7 @@ def main(argv=None) -> dict:
     single = decode_ms_per_step(model, tokenizer, args, prompt, 1, reps=1 if args.quick else 2)
     five = decode_ms_per_step(model, tokenizer, args, prompt, 5, reps=1 if args.quick else 2)
     print(f"decode ms/step: 1 row {single:.1f}, 5 rows {five:.1f} ({five / single:.2f}x the single-row step), "
-          f"G=8 rollouts {g8['decode_ms_per_step']:.1f} at {g8['mean_rows']:.1f} rows ({g8['decode_ms_per_step'] / single:.2f}x)"
-          + (f"; llama.cpp single stream {llama_step_ms:.1f}" if llama_step_ms else ""))
+          f"G=8 rollouts {g8['decode_ms_per_step']:.1f} at {g8['mean_rows']:.1f} rows ({g8['decode_ms_per_step'] / single:.2f}x)")
     cmp32 = None
     if not args.quick:
         b32 = 20  # fixed, as batch 5 above
