@@ -27,9 +27,10 @@ to that stage: it reruns the stage from the entry, as a resume does).
 
 Prints one table per seed and one over the seeds (mean ± sd of accuracy overall and per
 question type, the first tool chosen per question type, tool-call error rate, mean turns
-for untrained / SFT / Flow-GRPO), writes PNG plots (reward and tool-call error rate over
-training per seed, the first-tool choice per question type before and after — the
-paper's Fig. 5 — and tool usage) and `learning.json`, and prints that JSON as its last line.
+for untrained / SFT / Flow-GRPO) and the result's goals, met or not; writes PNG plots
+(reward and tool-call error rate over training per seed, the first-tool choice per
+question type before and after — the paper's Fig. 5 — and tool usage) and
+`learning.json`, and prints that JSON as its last line.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ DEFAULT_CONFIG = ROOT / "examples" / "learning_toolmix.yaml"
 SYSTEMS = ("untrained", "sft", "flowgrpo")
 # what a seed's SFT stage writes into its entry (and --redo-sft replaces)
 SFT_FIELDS = ("sft", "sft_minutes", "sft_stats", "sft_commit", "total_minutes")
+# The result's goals: Flow-GRPO's gain over the untrained planner on every seed, the gain on
+# the question types a 135M cannot answer alone (mean of the seeds), the share of questions
+# whose first planner turn picks the right tool after training (mean), Flow-GRPO over SFT.
+GAIN_EVERY_SEED = 0.15
+GAIN_BY_TYPE = {"lookup": 0.10, "two_step": 0.10}
+RIGHT_FIRST_TOOL = {"lookup": 0.80, "arithmetic": 0.80}
 
 # --quick: every stage runs, at sizes that take seconds (the suite's test of this script)
 QUICK = dict(group_size=2, queries_per_step=2, max_steps=2, max_turns=1, max_new_tokens=6,
@@ -149,6 +156,59 @@ def aggregate(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "mean_turns": statistics.fmean(r["mean_turns"] for r in runs),
         }
     return out
+
+
+def right_first_tools(items: list[dict[str, Any]]) -> dict[str, str]:
+    """The right first tool per question type, where every item of the type names the same
+    one (ToolMix items carry it as `tool`)."""
+    tools: dict[str, set] = defaultdict(set)
+    for item in items:
+        tools[item.get("type", "all")].add(item.get("tool"))
+    return {t: next(iter(names)) for t, names in sorted(tools.items()) if len(names) == 1 and None not in names}
+
+
+def goals(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal of the result with what was measured and whether it is met (None: not
+    measured, e.g. no SFT stage or no such question type)."""
+    seeds = [e["seed"] for e in entries]
+    out = []
+
+    def add(goal: str, measured: dict[str, float], met: bool | None) -> None:
+        out.append({"goal": goal, "measured": {k: round(v, 3) for k, v in measured.items()}, "met": met})
+
+    gains = {str(e["seed"]): e["flowgrpo"]["accuracy"] - e["untrained"]["accuracy"] for e in entries}
+    # a 1e-9 slack: accuracies are k/n, and 0.45 - 0.30 is 0.1499999... in floating point
+    add(f"Flow-GRPO >= +{GAIN_EVERY_SEED * 100:.0f} points over untrained on every seed", gains,
+        all(g >= GAIN_EVERY_SEED - 1e-9 for g in gains.values()))
+    for kind, target in GAIN_BY_TYPE.items():
+        per_seed = [e["flowgrpo"]["accuracy_by_type"][kind] - e["untrained"]["accuracy_by_type"][kind]
+                    for e in entries if kind in e["untrained"]["accuracy_by_type"]]
+        mean = statistics.fmean(per_seed) if per_seed else None
+        add(f"{kind} >= +{target * 100:.0f} points over untrained, mean of seeds", {} if mean is None else {"mean": mean},
+            None if mean is None else mean >= target - 1e-9)
+    right = {t: tool for e in entries for t, tool in e.get("right_first_tool", {}).items()}
+    for kind, target in RIGHT_FIRST_TOOL.items():
+        shares = [e["flowgrpo"]["first_tool_by_type"][kind].get(right[kind], 0.0)
+                  for e in entries if kind in right and kind in e["flowgrpo"]["first_tool_by_type"]]
+        mean = statistics.fmean(shares) if shares else None
+        add(f"right first tool ({right.get(kind, '?')}) for >= {target:.0%} of {kind} after training, mean of seeds",
+            {} if mean is None else {"mean": mean}, None if mean is None else mean >= target - 1e-9)
+    margins = {str(e["seed"]): e["flowgrpo"]["accuracy"] - e["sft"]["accuracy"] for e in entries if "sft" in e}
+    add("Flow-GRPO > SFT on every seed", margins,
+        all(m > 0 for m in margins.values()) if len(margins) == len(seeds) else None)
+    return out
+
+
+def goal_lines(checked: list[dict[str, Any]]) -> str:
+    """One line per goal: met or not, and the figures (gains signed, shares not)."""
+    mark = {True: "met", False: "NOT met", None: "not measured"}
+    lines = []
+    for g in checked:
+        share = g["goal"].startswith("right first tool")
+        figures = ", ".join(f"{'seed ' + k if k.isdigit() else k} " + (f"{v:.1%}" if share else f"{v * 100:+.1f} points")
+                            for k, v in g["measured"].items())
+        lines.append(f"- {g['goal']}: {mark[g['met']]} ({figures or '-'})")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -272,12 +332,13 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, set
     started = time.monotonic()
     if resume is not None:
         entry, train_seconds = dict(resume), resume["train_minutes"] * 60
+        entry.setdefault("right_first_tool", right_first_tools(test_items))
         entry["sft_commit"] = commit()
         run_dir = Path(entry["run_dir"])
         print(f"seed {seed}: resumed after its Flow-GRPO stage (untrained {entry['untrained']['accuracy']:.1%}, "
               f"flowgrpo {entry['flowgrpo']['accuracy']:.1%}, {run_dir})", flush=True)
     else:
-        entry = {"seed": seed, "commit": commit()}
+        entry = {"seed": seed, "commit": commit(), "right_first_tool": right_first_tools(test_items)}
         t = time.monotonic()
         entry["untrained"] = summarize(evaluate(trainer, test_items))
         print(f"seed {seed} untrained: accuracy {entry['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
@@ -418,6 +479,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(f"over seeds {[e['seed'] for e in done]} (mean ± sd):")
     print(table(out["results"]))
+    print(f"goals over seeds {[e['seed'] for e in done]}:")
+    print(goal_lines(out["goals"]))
     print(json.dumps(out))
     return out
 
@@ -456,6 +519,7 @@ def write_result(path: Path, entries: list[dict[str, Any]], settings: dict[str, 
         "commits": sorted({e["commit"] for e in entries}),
         "sft_stats": [e.get("sft_stats") for e in entries],
         "total_minutes": round(sum(e["total_minutes"] for e in entries), 2),
+        "goals": goals(entries),
         "config": settings,
         "seeds": entries,
     }

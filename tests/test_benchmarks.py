@@ -96,6 +96,8 @@ def test_learning_benchmark_quick_mode(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1])["n_test"] == 4
     assert any(line.startswith("| accuracy |") for line in lines)
+    assert [g["goal"] for g in saved["goals"]][0] == "Flow-GRPO >= +15 points over untrained on every seed"
+    assert any(line.startswith("- Flow-GRPO > SFT on every seed: ") for line in lines)
 
 
 def test_learning_benchmark_seeds_resume_and_merge(tmp_path, capsys):
@@ -225,6 +227,42 @@ def test_learning_benchmark_commit_ignores_its_own_results(tmp_path, monkeypatch
     assert module.commit() == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert module.commit() == clean + "-dirty"
+
+
+def test_learning_benchmark_checks_its_goals_per_seed_and_on_the_mean():
+    """The result's goals are judged the way the issue states them: the gain on every seed,
+    per-type gains and right-first-tool shares on the mean of the seeds, Flow-GRPO above SFT
+    on every seed; a goal nothing measured is "not measured", not met."""
+    module = _load_script("learning")
+    items = [{"type": "lookup", "tool": "local_search"}, {"type": "arithmetic", "tool": "calculator"},
+             {"type": "two_step", "tool": "local_search"}, {"type": "two_step", "tool": "calculator"}]
+    assert module.right_first_tools(items) == {"arithmetic": "calculator", "lookup": "local_search"}
+
+    def system(acc, lookup, two_step, first_lookup):
+        return {"accuracy": acc, "accuracy_by_type": {"lookup": lookup, "two_step": two_step, "arithmetic": 0.5},
+                "first_tool_by_type": {"lookup": {"local_search": first_lookup, "calculator": 1 - first_lookup},
+                                       "arithmetic": {"calculator": 1.0}}}
+
+    right = {"lookup": "local_search", "arithmetic": "calculator"}
+    entries = [
+        {"seed": 0, "right_first_tool": right, "untrained": system(0.30, 0.2, 0.0, 0.5),
+         "flowgrpo": system(0.45, 0.4, 0.05, 0.9), "sft": system(0.40, 0.3, 0.0, 1.0)},  # +15 exactly
+        {"seed": 1, "untrained": system(0.28, 0.2, 0.0, 0.5),  # no right_first_tool: taken from seed 0
+         "flowgrpo": system(0.50, 0.3, 0.1, 0.6), "sft": system(0.55, 0.3, 0.0, 1.0)},
+    ]
+    every, lookup, two_step, right_lookup, right_arithmetic, over_sft = module.goals(entries)
+    assert every["met"] is True and every["measured"] == {"0": 0.15, "1": 0.22}
+    assert lookup["met"] is True and lookup["measured"]["mean"] == pytest.approx(0.15)
+    assert two_step["met"] is False and two_step["measured"]["mean"] == pytest.approx(0.075)
+    assert "(local_search)" in right_lookup["goal"] and right_lookup["met"] is False
+    assert right_lookup["measured"]["mean"] == 0.75 and right_arithmetic["met"] is True
+    assert over_sft["goal"] == "Flow-GRPO > SFT on every seed" and over_sft["met"] is False
+    assert over_sft["measured"] == {"0": 0.05, "1": -0.05}
+    without_sft = [{k: v for k, v in e.items() if k != "sft"} for e in entries]
+    assert module.goals(without_sft)[-1]["met"] is None
+    lines = module.goal_lines(module.goals(entries)).splitlines()
+    assert lines[0] == "- Flow-GRPO >= +15 points over untrained on every seed: met (seed 0 +15.0 points, seed 1 +22.0 points)"
+    assert lines[3].endswith("NOT met (mean 75.0%)")
 
 
 def test_failures_benchmark_quick_mode(tmp_path, capsys):
