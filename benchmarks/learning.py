@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from agentflow.evals.datasets import load_benchmark  # noqa: E402
 from agentflow.evals.stats import tool_error_rate  # noqa: E402
 from agentflow.trainer import FlowGRPOConfig, build_trainer, read_metrics  # noqa: E402
 from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft_data  # noqa: E402
@@ -167,9 +168,10 @@ def right_first_tools(items: list[dict[str, Any]]) -> dict[str, str]:
     return {t: next(iter(names)) for t, names in sorted(tools.items()) if len(names) == 1 and None not in names}
 
 
-def goals(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def goals(entries: list[dict[str, Any]], right: dict[str, str]) -> list[dict[str, Any]]:
     """Each goal of the result with what was measured and whether it is met (None: not
-    measured, e.g. no SFT stage or no such question type)."""
+    measured, e.g. no SFT stage or no such question type); `right` is the right first tool
+    per question type of the held-out items."""
     seeds = [e["seed"] for e in entries]
     out = []
 
@@ -186,7 +188,6 @@ def goals(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mean = statistics.fmean(per_seed) if per_seed else None
         add(f"{kind} >= +{target * 100:.0f} points over untrained, mean of seeds", {} if mean is None else {"mean": mean},
             None if mean is None else mean >= target - 1e-9)
-    right = {t: tool for e in entries for t, tool in e.get("right_first_tool", {}).items()}
     for kind, target in RIGHT_FIRST_TOOL.items():
         shares = [e["flowgrpo"]["first_tool_by_type"][kind].get(right[kind], 0.0)
                   for e in entries if kind in right and kind in e["flowgrpo"]["first_tool_by_type"]]
@@ -332,13 +333,12 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, set
     started = time.monotonic()
     if resume is not None:
         entry, train_seconds = dict(resume), resume["train_minutes"] * 60
-        entry.setdefault("right_first_tool", right_first_tools(test_items))
         entry["sft_commit"] = commit()
         run_dir = Path(entry["run_dir"])
         print(f"seed {seed}: resumed after its Flow-GRPO stage (untrained {entry['untrained']['accuracy']:.1%}, "
               f"flowgrpo {entry['flowgrpo']['accuracy']:.1%}, {run_dir})", flush=True)
     else:
-        entry = {"seed": seed, "commit": commit(), "right_first_tool": right_first_tools(test_items)}
+        entry = {"seed": seed, "commit": commit()}
         t = time.monotonic()
         entry["untrained"] = summarize(evaluate(trainer, test_items))
         print(f"seed {seed} untrained: accuracy {entry['untrained']['accuracy']:.1%} ({time.monotonic() - t:.0f}s)", flush=True)
@@ -498,6 +498,7 @@ def seed_argv(args: argparse.Namespace, seed: int, redo: set[int]) -> list[str]:
 
 def write_result(path: Path, entries: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
     """learning.json over the seeds measured so far, and its plots; rewritten after each seed."""
+    held_out = load_benchmark(settings["eval_dataset"], settings["eval_split"], settings["eval_limit"])
     results = aggregate(entries)
     plots = plot({e["seed"]: Path(e["run_dir"]) for e in entries}, results, path.parent)
 
@@ -519,7 +520,7 @@ def write_result(path: Path, entries: list[dict[str, Any]], settings: dict[str, 
         "commits": sorted({e["commit"] for e in entries}),
         "sft_stats": [e.get("sft_stats") for e in entries],
         "total_minutes": round(sum(e["total_minutes"] for e in entries), 2),
-        "goals": goals(entries),
+        "goals": goals(entries, right_first_tools(list(held_out))),
         "config": settings,
         "seeds": entries,
     }

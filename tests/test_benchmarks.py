@@ -245,12 +245,12 @@ def test_learning_benchmark_checks_its_goals_per_seed_and_on_the_mean():
 
     right = {"lookup": "local_search", "arithmetic": "calculator"}
     entries = [
-        {"seed": 0, "right_first_tool": right, "untrained": system(0.30, 0.2, 0.0, 0.5),
+        {"seed": 0, "untrained": system(0.30, 0.2, 0.0, 0.5),
          "flowgrpo": system(0.45, 0.4, 0.05, 0.9), "sft": system(0.40, 0.3, 0.0, 1.0)},  # +15 exactly
-        {"seed": 1, "untrained": system(0.28, 0.2, 0.0, 0.5),  # no right_first_tool: taken from seed 0
+        {"seed": 1, "untrained": system(0.28, 0.2, 0.0, 0.5),
          "flowgrpo": system(0.50, 0.3, 0.1, 0.6), "sft": system(0.55, 0.3, 0.0, 1.0)},
     ]
-    every, lookup, two_step, right_lookup, right_arithmetic, over_sft = module.goals(entries)
+    every, lookup, two_step, right_lookup, right_arithmetic, over_sft = module.goals(entries, right)
     assert every["met"] is True and every["measured"] == {"0": 0.15, "1": 0.22}
     assert lookup["met"] is True and lookup["measured"]["mean"] == pytest.approx(0.15)
     assert two_step["met"] is False and two_step["measured"]["mean"] == pytest.approx(0.075)
@@ -259,8 +259,8 @@ def test_learning_benchmark_checks_its_goals_per_seed_and_on_the_mean():
     assert over_sft["goal"] == "Flow-GRPO > SFT on every seed" and over_sft["met"] is False
     assert over_sft["measured"] == {"0": 0.05, "1": -0.05}
     without_sft = [{k: v for k, v in e.items() if k != "sft"} for e in entries]
-    assert module.goals(without_sft)[-1]["met"] is None
-    lines = module.goal_lines(module.goals(entries)).splitlines()
+    assert module.goals(without_sft, right)[-1]["met"] is None
+    lines = module.goal_lines(module.goals(entries, right)).splitlines()
     assert lines[0] == "- Flow-GRPO >= +15 points over untrained on every seed: met (seed 0 +15.0 points, seed 1 +22.0 points)"
     assert lines[3].endswith("NOT met (mean 75.0%)")
 
