@@ -317,6 +317,18 @@ def commit() -> str:
         return "unknown"
 
 
+def fresh_run_name(runs_dir: Path, seed: int) -> str:
+    """The seed and the time to the second, with a counter when a run of that second exists
+    (a seed resumed at once after its Flow-GRPO stage, as the suite does, builds a second
+    trainer within the same second, and the trainer refuses a folder that holds a run)."""
+    base = f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while (runs_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, settings: dict[str, Any],
              resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items.
@@ -325,7 +337,7 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, set
     `settings` it was measured with; given that entry back (`resume`), the seed goes on with
     the SFT stage, which starts from the untrained planner anyway, so a crash there costs
     the SFT stage only."""
-    config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": fresh_run_name(Path(data["output_dir"]), seed)})
     trainer = build_trainer(config)
     test_items = trainer.eval_items
     initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

@@ -163,6 +163,19 @@ def test_learning_benchmark_resumes_a_seed_after_its_flowgrpo_stage(tmp_path, ca
     assert not partial.exists()
 
 
+def test_learning_benchmark_run_names_do_not_collide_within_a_second(tmp_path, monkeypatch):
+    """A resumed seed builds its trainer in the same second as the run it resumes (the test
+    above did, and the trainer refused the folder): the name then takes a counter."""
+    module = _load_script("learning")
+    monkeypatch.setattr(module.time, "strftime", lambda fmt: "20261130-074420")
+    first = module.fresh_run_name(tmp_path, 0)
+    assert first == "learning-seed0-20261130-074420" and module.fresh_run_name(tmp_path, 0) == first
+    (tmp_path / first).mkdir()
+    assert module.fresh_run_name(tmp_path, 0) == first + "-2"
+    (tmp_path / (first + "-2")).mkdir()
+    assert module.fresh_run_name(tmp_path, 0) == first + "-3" and module.fresh_run_name(tmp_path, 1) != first
+
+
 def test_learning_benchmark_redoes_the_sft_stage_of_a_measured_seed(tmp_path, capsys, monkeypatch):
     """--redo-sft reruns a measured seed's SFT stage (after a fix to it) and keeps the rest of
     its entry; the other seeds are kept as they are."""
@@ -337,7 +350,10 @@ def test_update_benchmark_quick_mode(capsys):
     assert set(out) == {"update_vs_trl", "ours_tokens_per_s", "trl_tokens_per_s", "update_vs_trl_cpu_time"}
     text = "\n".join(lines)
     ours, trl = map(float, re.search(r"repeat 1/1: ours ([\d.]+)s, TRL ([\d.]+)s", text).groups())
-    assert out["update_vs_trl"] == pytest.approx(trl / ours, rel=0.02)  # one repeat: its ratio; times to 3 decimals
+    # one repeat: the ratio is its ratio, within what printing the times to 3 decimals hides
+    # (on the tiny model a step takes ~25 ms, so the rounding alone moves the ratio ~2%)
+    low, high = (trl - 5e-4) / (ours + 5e-4), (trl + 5e-4) / (ours - 5e-4)
+    assert low - 5e-4 <= out["update_vs_trl"] <= high + 5e-4
     loss_ours, loss_trl = map(float, re.search(r"losses: ours (-?[\d.]+), TRL (-?[\d.]+)", text).groups())
     assert loss_ours == pytest.approx(loss_trl, abs=0.01)  # the same objective on the same samples
 
