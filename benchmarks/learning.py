@@ -173,41 +173,44 @@ def goals(entries: list[dict[str, Any]], right: dict[str, str]) -> list[dict[str
     """Each goal of the result with what was measured and whether it is met (None: not
     measured, e.g. no SFT stage or no such question type); `right` is the right first tool
     per question type of the held-out items."""
-    seeds = [e["seed"] for e in entries]
     out = []
 
-    def add(goal: str, measured: dict[str, float], met: bool | None) -> None:
-        out.append({"goal": goal, "measured": {k: round(v, 3) for k, v in measured.items()}, "met": met})
+    def add(goal: str, unit: str, measured: dict[str, float], met: bool | None) -> None:
+        out.append({"goal": goal, "unit": unit, "measured": {k: round(v, 3) for k, v in measured.items()}, "met": met})
+
+    def reached(value: float, target: float) -> bool:
+        # a 1e-9 slack: accuracies are k/n, and 0.45 - 0.30 is 0.1499999... in floating point
+        return value >= target - 1e-9
+
+    def on_the_mean(goal: str, unit: str, values: list[float], target: float) -> None:
+        mean = statistics.fmean(values) if values else None
+        add(goal, unit, {} if mean is None else {"mean": mean}, None if mean is None else reached(mean, target))
 
     gains = {str(e["seed"]): e["flowgrpo"]["accuracy"] - e["untrained"]["accuracy"] for e in entries}
-    # a 1e-9 slack: accuracies are k/n, and 0.45 - 0.30 is 0.1499999... in floating point
-    add(f"Flow-GRPO >= +{GAIN_EVERY_SEED * 100:.0f} points over untrained on every seed", gains,
-        all(g >= GAIN_EVERY_SEED - 1e-9 for g in gains.values()))
+    add(f"Flow-GRPO >= +{GAIN_EVERY_SEED * 100:.0f} points over untrained on every seed", "points", gains,
+        all(reached(g, GAIN_EVERY_SEED) for g in gains.values()))
     for kind, target in GAIN_BY_TYPE.items():
-        per_seed = [e["flowgrpo"]["accuracy_by_type"][kind] - e["untrained"]["accuracy_by_type"][kind]
-                    for e in entries if kind in e["untrained"]["accuracy_by_type"]]
-        mean = statistics.fmean(per_seed) if per_seed else None
-        add(f"{kind} >= +{target * 100:.0f} points over untrained, mean of seeds", {} if mean is None else {"mean": mean},
-            None if mean is None else mean >= target - 1e-9)
+        on_the_mean(f"{kind} >= +{target * 100:.0f} points over untrained, mean of seeds", "points",
+                    [e["flowgrpo"]["accuracy_by_type"][kind] - e["untrained"]["accuracy_by_type"][kind]
+                     for e in entries if kind in e["untrained"]["accuracy_by_type"]], target)
     for kind, target in RIGHT_FIRST_TOOL.items():
-        shares = [e["flowgrpo"]["first_tool_by_type"][kind].get(right[kind], 0.0)
-                  for e in entries if kind in right and kind in e["flowgrpo"]["first_tool_by_type"]]
-        mean = statistics.fmean(shares) if shares else None
-        add(f"right first tool ({right.get(kind, '?')}) for >= {target:.0%} of {kind} after training, mean of seeds",
-            {} if mean is None else {"mean": mean}, None if mean is None else mean >= target - 1e-9)
+        on_the_mean(f"right first tool ({right.get(kind, '?')}) for >= {target:.0%} of {kind} after training, "
+                    "mean of seeds", "share",
+                    [e["flowgrpo"]["first_tool_by_type"][kind].get(right[kind], 0.0)
+                     for e in entries if kind in right and kind in e["flowgrpo"]["first_tool_by_type"]], target)
     margins = {str(e["seed"]): e["flowgrpo"]["accuracy"] - e["sft"]["accuracy"] for e in entries if "sft" in e}
-    add("Flow-GRPO > SFT on every seed", margins,
-        all(m > 0 for m in margins.values()) if len(margins) == len(seeds) else None)
+    add("Flow-GRPO > SFT on every seed", "points", margins,
+        all(m > 0 for m in margins.values()) if len(margins) == len(entries) else None)
     return out
 
 
 def goal_lines(checked: list[dict[str, Any]]) -> str:
-    """One line per goal: met or not, and the figures (gains signed, shares not)."""
+    """One line per goal: met or not, and the figures (gains in signed points, shares in %)."""
     mark = {True: "met", False: "NOT met", None: "not measured"}
     lines = []
     for g in checked:
-        share = g["goal"].startswith("right first tool")
-        figures = ", ".join(f"{'seed ' + k if k.isdigit() else k} " + (f"{v:.1%}" if share else f"{v * 100:+.1f} points")
+        figures = ", ".join(f"{'seed ' + k if k.isdigit() else k} "
+                            + (f"{v:.1%}" if g["unit"] == "share" else f"{v * 100:+.1f} points")
                             for k, v in g["measured"].items())
         lines.append(f"- {g['goal']}: {mark[g['met']]} ({figures or '-'})")
     return "\n".join(lines)
