@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 
 import pytest
 import torch
@@ -218,6 +219,36 @@ def test_slot_cache_window_follows_its_rows():
 
     cache.move_rows([], keep=0)
     assert cache.rows == 0 and cache.live == 0
+
+
+def test_relayout_frees_each_layer_before_allocating_the_next(monkeypatch):
+    """A re-layout copies layer by layer, dropping each old buffer once copied: the copy
+    needs one layer of extra memory, not a second cache (fp32 G=32: ~0.9 GB of keys/values)."""
+    from agentflow.models.engine import kv_cache
+
+    cache = SlotCache(num_layers=3, pad_id=0)
+    shape = KVShape(heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
+    cache.relayout(Layout(slots=2, width=8, col=4), shape)
+    cache.add_row(3)
+    cache.advance(0, [3])  # the prompt's 3 columns (2..4) are live now
+    for layer in cache.layers:
+        layer.keys[0] = layer.values[0] = 7.0
+    old = [(weakref.ref(layer.keys), weakref.ref(layer.values)) for layer in cache.layers]
+    allocated, alive_at_allocation = [], []
+    real_zeros = torch.zeros
+
+    def zeros(*size, **kwargs):
+        if len(size) == 4:  # a layer's keys buffer
+            alive_at_allocation.append(sum(k() is not None for k, _ in old))
+            allocated.append(size)
+        return real_zeros(*size, **kwargs)
+
+    monkeypatch.setattr(kv_cache.torch, "zeros", zeros)
+    cache.relayout(Layout(slots=4, width=12, col=8), shape)
+    monkeypatch.undo()
+    assert len(allocated) == 3 and alive_at_allocation == [3, 2, 1]
+    assert all(k() is None and v() is None for k, v in old)
+    assert bool((cache.layers[2].keys[0, :, 5:8] == 7).all()) and cache.starts == [5]
 
 
 def test_close_frees_buffers_and_a_later_submit_restarts(tokenizer):

@@ -129,23 +129,24 @@ class SlotCache:
     def relayout(self, layout: Layout, shape: KVShape) -> None:
         """Allocate buffers of the new geometry and copy the live window so that it ends at
         `layout.col`, which must be at least `live` (the scheduler's layouts are)."""
-        old = [(layer.keys, layer.values) for layer in self.layers]
+        rows, off, live = self.rows, self.off, self.live
+        src, dst = slice(off, self.col), slice(layout.col - live, layout.col)
         for layer in self.layers:
             # zeros, not empty: masked columns are multiplied by -inf-biased scores, and
             # uninitialised memory could hold NaNs that survive the masking.
-            layer.keys = torch.zeros(layout.slots, shape.heads, layout.width, shape.head_dim, dtype=shape.dtype, device=shape.device)
-            layer.values = torch.zeros(layout.slots, shape.heads, layout.width, shape.head_dim, dtype=shape.dtype, device=shape.device)
+            keys = torch.zeros(layout.slots, shape.heads, layout.width, shape.head_dim, dtype=shape.dtype, device=shape.device)
+            values = torch.zeros_like(keys)
+            if rows:
+                keys[:rows, :, dst] = layer.keys[:rows, :, src]
+                values[:rows, :, dst] = layer.values[:rows, :, src]
+            # One layer at a time: its old buffers are freed here, so the copy needs one
+            # layer's worth of extra memory, not a second whole cache (measured: fp32, G=32
+            # rollout, 886 MB of keys/values; peak RSS in docs/design.md §4, "Memory").
+            layer.keys, layer.values = keys, values
         mask = torch.zeros(layout.slots, layout.width, dtype=torch.long, device=shape.device)
         pos = torch.zeros(layout.slots, dtype=torch.long, device=shape.device)
         nxt = torch.full((layout.slots,), self.pad_id, dtype=torch.long, device=shape.device)
-        rows = self.rows
         if rows:
-            off, live = self.off, self.live
-            src = slice(off, self.col)
-            dst = slice(layout.col - live, layout.col)
-            for layer, (k, v) in zip(self.layers, old):
-                layer.keys[:rows, :, dst] = k[:rows, :, src]
-                layer.values[:rows, :, dst] = v[:rows, :, src]
             mask[:rows, dst] = self.mask[:rows, src]
             pos[:rows], nxt[:rows] = self.pos[:rows], self.next[:rows]
             shift = dst.start - off
