@@ -5,7 +5,8 @@
     python benchmarks/rollout_throughput.py --quick --tiny   # random 2-layer model (the test)
 
 (a) the peer: sequential `graph.invoke`s with langchain-huggingface `ChatHuggingFace`
-    over a `HuggingFacePipeline` built from the same loaded model and tokenizer;
+    over a `HuggingFacePipeline` built from the same loaded model and tokenizer, its runs
+    spread in blocks before each G=8 repeat (so both sides see the same load);
 (b) the engine: `graph.batch([...] * G, max_concurrency=G)` with `LocalChatModel`,
     G = 8 and G = 32.
 Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7, seed.
@@ -114,7 +115,7 @@ def turns_of(states) -> list[int]:
     return [s.get("turn", 0) for s in states]
 
 
-def run_peer(model, tokenizer, args) -> dict:
+def run_peer(model, tokenizer, args, runs: int, seed: int) -> dict:
     from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
     from transformers import pipeline
 
@@ -127,12 +128,26 @@ def run_peer(model, tokenizer, args) -> dict:
     llm = ChatHuggingFace(llm=HuggingFacePipeline(pipeline=pipe), tokenizer=tokenizer)
     graph = build_agentflow(llm, tools(), max_turns=3)
     counter = Counter(tokenizer)
-    torch.manual_seed(args.seed)
-    states, t = [], time.perf_counter()
-    for _ in range(args.peer_runs):
+    torch.manual_seed(seed)
+    states, walls = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
         states.append(graph.invoke({"query": QUERY}, config={"callbacks": [counter]}))
-    wall = time.perf_counter() - t
-    return {"wall": wall, "runs": len(states), "turns": turns_of(states), "calls": counter.calls, "tokens": counter.tokens}
+        walls.append(time.perf_counter() - t)
+    return {"wall": sum(walls), "walls": walls, "runs": len(states), "turns": turns_of(states),
+            "calls": counter.calls, "tokens": counter.tokens}
+
+
+def peer_blocks(peer_runs: int, repeats: int) -> list[int]:
+    """How many peer runs go before each G=8 repeat: as even as the counts allow, earlier first."""
+    return [peer_runs // repeats + (i < peer_runs % repeats) for i in range(repeats)]
+
+
+def merge_peer(parts: list[dict]) -> dict:
+    """The peer's blocks of runs as one measurement: walls and counts summed."""
+    return {"wall": sum(p["wall"] for p in parts), "walls": [w for p in parts for w in p["walls"]],
+            "runs": sum(p["runs"] for p in parts), "turns": [t for p in parts for t in p["turns"]],
+            "calls": sum(p["calls"] for p in parts), "tokens": sum(p["tokens"] for p in parts)}
 
 
 def make_llm(model, tokenizer, args, prefix_cache=True, fast_forward=True):
@@ -328,7 +343,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="auto: bf16 where the hardware has bf16 matrix units, else fp32 (agentflow.models.fast_dtype)")
     p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--peer-runs", type=int, default=None)
+    p.add_argument("--peer-runs", type=int, default=None,
+                   help="sequential peer runs, spread over the G=8 repeats (default 3, quick 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=None, help="G=8 rollouts to take the median of (default 3, quick 1)")
     p.add_argument("--compare-generate-batch", action="store_true", help="also time transformers' generate_batch")
@@ -343,7 +359,7 @@ def main(argv=None) -> dict:
 
         args.dtype = str(fast_dtype("cpu")).removeprefix("torch.")
     args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 48)
-    args.peer_runs = args.peer_runs or (1 if args.quick else 2)
+    args.peer_runs = args.peer_runs or (1 if args.quick else 3)
     args.repeats = args.repeats or (1 if args.quick else 3)
     print(f"load: {os.getloadavg()}  cpus: {os.cpu_count()}  torch threads: {torch.get_num_threads()}")
     model, tokenizer = load(args)
@@ -358,14 +374,23 @@ def main(argv=None) -> dict:
               f"peak RSS so far {rss_mb():.0f} MB")
         return tps
 
-    peer = run_peer(model, tokenizer, args)
+    # The peer's runs are spread over the G=8 repeats, a block before each, so that the
+    # machine's load moving between phases moves both sides of the ratio (it did: the
+    # peer's 2 runs, all at the start, took 20.6 s in one quiet run and 34.8 s in another).
+    peer_parts, g8_runs = [], []
+    for i, n in enumerate(peer_blocks(args.peer_runs, args.repeats)):
+        if n:
+            peer_parts.append(run_peer(model, tokenizer, args, n, args.seed + i))
+        g8_runs.append(run_engine(model, tokenizer, args, 8))
+    peer = merge_peer(peer_parts)
     peer_tps = show("(a) peer ChatHuggingFace, sequential", peer)
+    print(f"    run walls {[round(w, 1) for w in peer['walls']]} s, one block before each G=8 repeat")
     peer_tok = peer["tokens"] / peer["wall"]
     results = {}
     for g in ([8] if args.quick else [8, 32]):
         # G=8 is repeated: which runs stop early (1-3 turns) depends on thread timing, which
         # moves the wall time by ~10%; the median run is the one reported.
-        runs = [run_engine(model, tokenizer, args, g) for _ in range(args.repeats if g == 8 else 1)]
+        runs = g8_runs if g == 8 else [run_engine(model, tokenizer, args, g)]
         if len(runs) > 1:
             for i, run in enumerate(runs, start=1):
                 show(f"(b) engine G={g}, repeat {i}/{len(runs)}", run)

@@ -51,6 +51,18 @@ def test_rollout_benchmark_quick_mode(capsys):
     """No speed is asserted: on a tiny random model speed means nothing (the real run prints it)."""
     out, text = _run_rollout_benchmark(capsys)
     assert out["engine_vs_llama_cpp"] is None and "llama.cpp" not in text
+    walls = re.search(r"run walls \[([\d., ]+)\] s, one block before each G=8 repeat", text).group(1)
+    assert len(walls.split(",")) == 1  # quick: one peer run
+
+
+def test_rollout_benchmark_spreads_the_peer_runs_over_the_repeats():
+    """The peer's runs go in blocks before the G=8 repeats, as even as the counts allow, so
+    a change in the machine's load between phases reaches both sides of the ratio."""
+    module = _load_script("rollout_throughput")
+    assert module.peer_blocks(3, 3) == [1, 1, 1]
+    assert module.peer_blocks(2, 3) == [1, 1, 0]
+    assert module.peer_blocks(5, 2) == [3, 2]
+    assert module.peer_blocks(1, 1) == [1]
 
 
 @pytest.mark.skipif(not os.environ.get("AGENTFLOW_LLAMA_SERVER"),
