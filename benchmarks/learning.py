@@ -53,6 +53,7 @@ from agentflow.evals.datasets import load_benchmark  # noqa: E402
 from agentflow.evals.stats import tool_error_rate  # noqa: E402
 from agentflow.trainer import FlowGRPOConfig, build_trainer, read_metrics  # noqa: E402
 from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft_data  # noqa: E402
+from agentflow.trainer.checkpoint import fresh_run_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "examples" / "learning_toolmix.yaml"
@@ -320,18 +321,6 @@ def commit() -> str:
         return "unknown"
 
 
-def fresh_run_name(runs_dir: Path, seed: int) -> str:
-    """The seed and the time to the second, with a counter when a run of that second exists
-    (a seed resumed at once after its Flow-GRPO stage, as the suite does, builds a second
-    trainer within the same second, and the trainer refuses a folder that holds a run)."""
-    base = f"learning-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, n = base, 1
-    while (runs_dir / name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
 def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, settings: dict[str, Any],
              resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Untrained, Flow-GRPO and offline-SFT results for one seed, on the same held-out items.
@@ -340,7 +329,7 @@ def run_seed(data: dict[str, Any], seed: int, skip_sft: bool, partial: Path, set
     `settings` it was measured with; given that entry back (`resume`), the seed goes on with
     the SFT stage, which starts from the untrained planner anyway, so a crash there costs
     the SFT stage only."""
-    config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": fresh_run_name(Path(data["output_dir"]), seed)})
+    config = FlowGRPOConfig.from_dict({**data, "seed": seed, "run_name": fresh_run_name(data["output_dir"], f"learning-seed{seed}")})
     trainer = build_trainer(config)
     test_items = trainer.eval_items
     initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

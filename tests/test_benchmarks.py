@@ -175,19 +175,6 @@ def test_learning_benchmark_resumes_a_seed_after_its_flowgrpo_stage(tmp_path, ca
     assert not partial.exists()
 
 
-def test_learning_benchmark_run_names_do_not_collide_within_a_second(tmp_path, monkeypatch):
-    """A resumed seed builds its trainer in the same second as the run it resumes (the test
-    above did, and the trainer refused the folder): the name then takes a counter."""
-    module = _load_script("learning")
-    monkeypatch.setattr(module.time, "strftime", lambda fmt: "20261130-074420")
-    first = module.fresh_run_name(tmp_path, 0)
-    assert first == "learning-seed0-20261130-074420" and module.fresh_run_name(tmp_path, 0) == first
-    (tmp_path / first).mkdir()
-    assert module.fresh_run_name(tmp_path, 0) == first + "-2"
-    (tmp_path / (first + "-2")).mkdir()
-    assert module.fresh_run_name(tmp_path, 0) == first + "-3" and module.fresh_run_name(tmp_path, 1) != first
-
-
 def test_learning_benchmark_redoes_the_sft_stage_of_a_measured_seed(tmp_path, capsys, monkeypatch):
     """--redo-sft reruns a measured seed's SFT stage (after a fix to it) and keeps the rest of
     its entry; the other seeds are kept as they are."""

@@ -113,6 +113,22 @@ def test_a_new_run_refuses_an_existing_run_dir(tmp_path):
         build_trainer(tiny_config(tmp_path))
 
 
+def test_runs_without_a_name_started_in_one_second_get_their_own_folders(tmp_path, monkeypatch):
+    """The default name is the time to the second; a second run in that second takes a
+    counter (it was refused as "already holds a run"; an SFT run would have shared it)."""
+    from agentflow.trainer import build_trainer, checkpoint
+    from tests.trainer_helpers import first_letter_reward, tiny_config
+
+    monkeypatch.setattr(checkpoint.time, "strftime", lambda fmt: "20261130-074420")
+    dirs = []
+    for _ in range(2):
+        trainer = build_trainer(tiny_config(tmp_path, run_name=None), reward_fn=first_letter_reward)
+        (trainer.run_dir / "metrics.jsonl").write_text('{"step": 1}\n')  # as a run that trained
+        dirs.append(trainer.run_dir.name)
+    assert dirs == ["flow_grpo-20261130-074420", "flow_grpo-20261130-074420-2"]
+    assert checkpoint.fresh_run_name(tmp_path / "runs", "sft") == "sft-20261130-074420"
+
+
 def test_lora_config_carries_the_lora_fields():
     lora = FlowGRPOConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "v_proj"]).lora_config()
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (4, 8, 0.1)

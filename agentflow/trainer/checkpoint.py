@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,20 @@ CHECKPOINTS = "checkpoints"
 SHARDED = "sharded"
 _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
+
+
+def fresh_run_name(output_dir: str | Path, prefix: str) -> str:
+    """`<prefix>-<time to the second>`, with a counter when that folder exists already.
+
+    A run folder named by the time alone is shared by two runs started within one second
+    (a script that trains twice, a resumed benchmark seed, the test suite): Flow-GRPO then
+    refuses it, SFT would write into it."""
+    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while (Path(output_dir) / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -151,7 +151,7 @@ class FlowGRPOConfig(BaseModel):
     # -- bookkeeping ----------------------------------------------------------------------
     seed: int = 0
     output_dir: str = "runs"
-    run_name: str | None = None  # None: flow_grpo-<timestamp>
+    run_name: str | None = None  # None: flow_grpo-<time> (sft-<time>), -2, -3 .. when taken
     resume_from: str | None = None  # a checkpoint dir or a run dir (its latest checkpoint)
     save_every: PositiveInt = 50
     keep_checkpoints: PositiveInt = 2

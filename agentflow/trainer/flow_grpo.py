@@ -74,7 +74,7 @@ from trl.trainer.utils import pad
 from agentflow.evals.stats import tool_error_rate
 from agentflow.models import GenerationEngine, LocalChatModel, bf16_is_fast, fast_dtype
 from agentflow.models.vllm_backend import VLLMBackend
-from agentflow.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agentflow.trainer.checkpoint import fresh_run_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from agentflow.trainer.config import ConfigError, FlowGRPOConfig
 from agentflow.trainer.distributed import (
     UpdatePlan,
@@ -412,7 +412,7 @@ class FlowGRPOTrainer:
             if ckpt is None:
                 raise FileNotFoundError(f"resume_from={self.config.resume_from!r}: no complete checkpoint there")
             return ckpt.parent.parent
-        name = [self.config.run_name or f"flow_grpo-{time.strftime('%Y%m%d-%H%M%S')}"]
+        name = [self.config.run_name or fresh_run_name(self.config.output_dir, "flow_grpo")]
         if self.world > 1:
             broadcast_object_list(name)
         run_dir = Path(self.config.output_dir) / name[0]

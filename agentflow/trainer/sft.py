@@ -20,7 +20,7 @@ import torch
 
 from agentflow.models import bf16_is_fast, mark_weights_updated
 from agentflow.trainer.build import JudgeReward, build_graph_and_models, config_reward, load_datasets, make_reward
-from agentflow.trainer.checkpoint import save_planner
+from agentflow.trainer.checkpoint import fresh_run_name, save_planner
 from agentflow.trainer.config import FlowGRPOConfig
 from agentflow.trainer.rollout import collect_rollouts
 
@@ -112,7 +112,7 @@ def sft_from_config(path_or_config: str | Path | dict[str, Any] | FlowGRPOConfig
     and the tuned weights in `planner/`.
     """
     config = FlowGRPOConfig.load(path_or_config)
-    run_dir = Path(config.output_dir) / (config.run_name or f"sft-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(config.output_dir) / (config.run_name or fresh_run_name(config.output_dir, "sft"))
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     train, _ = load_datasets(config)
