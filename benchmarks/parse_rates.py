@@ -4,6 +4,7 @@
     python benchmarks/parse_rates.py --systems local --no-stop-rules   # the local system before the stop rules
     python benchmarks/parse_rates.py --n 4 --systems local,served      # a quick look
     python benchmarks/parse_rates.py --n 1 --systems local --quick --tiny   # seconds, random tiny model (the test)
+    python benchmarks/parse_rates.py --n 100 --systems local --module-dtype bfloat16   # bf16 frozen modules
 
 The embedded SmolLM2-135M-Instruct runs every module, built as benchmarks/failures.py
 builds it (examples/learning_toolmix.yaml: calculator and local_search, 2 turns, planner
@@ -26,6 +27,10 @@ CONTINUE`. Also per system: ToolMix accuracy, wall time, completion tokens per r
 for local models, the engine's decode steps per run. `--no-stop-rules` runs with no stop
 strings and no end predicates for the planner, executor and verifier (the generator keeps
 its blank-line stop), which is how these modules ran before the stop rules.
+`--module-dtype bfloat16` gives the local executor, verifier and generator a bf16 copy of
+the model, as a Flow-GRPO run does where bf16 is fast (`frozen_dtype: auto`); the planner
+stays in float32, the precision it is trained in. Against the default (float32 everywhere)
+on the same items it says what the bf16 frozen modules cost in parse rates and accuracy.
 
 Prints a table; the last line is JSON (also written to --output).
 """
@@ -111,13 +116,14 @@ def parsed(call: dict[str, Any], tools: dict[str, Any], rules: dict[str, stops.S
 
 
 def run_system(name: str, items: list[dict[str, Any]], config: FlowGRPOConfig, server_url: str | None,
-               concurrency: int, corpus: list[str]) -> dict[str, Any]:
+               concurrency: int, corpus: list[str], module_dtype: str = "float32") -> dict[str, Any]:
     served = SYSTEMS[name]
     path = resolve_model_path()
     specs = {}
     for role in ("default", "planner", "executor", "verifier", "generator"):
         tokens = config.max_new_tokens if role == "planner" else config.module_max_new_tokens
-        spec = ModelSpec(config.model, seed=config.seed, max_new_tokens=tokens, temperature=0.0)
+        dtype = "float32" if role == "planner" else module_dtype
+        spec = ModelSpec(config.model, dtype=dtype, seed=config.seed, max_new_tokens=tokens, temperature=0.0)
         if role in served or (role == "default" and name == "served"):
             spec = replace(spec, model=f"openai:{path}", base_url=server_url, timeout_s=600.0)
         specs[role] = spec
@@ -135,7 +141,8 @@ def run_system(name: str, items: list[dict[str, Any]], config: FlowGRPOConfig, s
                   for s, item in zip(states, items) if not isinstance(s, BaseException))
     rules = {"planner": stops.PLANNER, "executor": stops.EXECUTOR, "verifier": stops.VERIFIER}
     by_tool = {t.name: t for t in tools}
-    result: dict[str, Any] = {"system": name, "served": list(served), "n": len(items), "accuracy": correct / len(items),
+    result: dict[str, Any] = {"system": name, "served": list(served), "module_dtype": module_dtype,
+                              "n": len(items), "accuracy": correct / len(items),
                               "correct": correct, "failed_runs": len(failed),
                               "errors": sorted({f"{type(e).__name__}: {e}"[:200] for e in failed}),
                               "wall_s": round(wall, 1)}
@@ -166,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="a running server of the embedded model's folder to use instead of starting one")
     p.add_argument("--quick", action="store_true", help="short replies (planner 6 tokens, modules 8)")
     p.add_argument("--tiny", action="store_true", help="a random tiny model for the local modules (with --systems local)")
+    p.add_argument("--module-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the local executor, verifier and generator's weights (the planner stays float32)")
     p.add_argument("--output", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -197,14 +206,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name in systems:
                 print(f"running {name} on {len(items)} items ...", flush=True)
                 url = args.base_url or (server.base_url if server else None)
-                results.append(run_system(name, items, config, url, args.concurrency, corpus))
+                results.append(run_system(name, items, config, url, args.concurrency, corpus, args.module_dtype))
                 print(f"  done in {results[-1]['wall_s']:.0f} s: {json.dumps(results[-1])}", flush=True)
         finally:
             if server is not None:
                 server.stop()
 
     print()
-    header = f"{'system':<8} {'planner':>15} {'executor':>15} {'verifier':>15} {'accuracy':>9} {'wall s':>7} {'tok/run':>8} {'steps/run':>9}"
+    header = f"{'system':<8} {'modules':<8} {'planner':>15} {'executor':>15} {'verifier':>15} {'accuracy':>9} {'wall s':>7} {'tok/run':>8} {'steps/run':>9}"
     print(header)
     for r in results:
         rates = " ".join(
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for m in PARSED
         )
         steps = f"{r['decode_steps_per_run']:9.1f}" if r["decode_steps_per_run"] is not None else f"{'-':>9}"
-        print(f"{r['system']:<8} {rates} {100 * r['accuracy']:8.1f}% {r['wall_s']:7.0f} "
+        print(f"{r['system']:<8} {r['module_dtype']:<8} {rates} {100 * r['accuracy']:8.1f}% {r['wall_s']:7.0f} "
               f"{r['completion_tokens_per_run']:8.1f} {steps}")
     out = {"benchmark": "toolmix", "split": "test", "n": len(items), "max_turns": config.max_turns,
            "stop_rules": not args.no_stop_rules, "systems": results}

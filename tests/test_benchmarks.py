@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_throughput.py"
 
@@ -333,7 +334,28 @@ def test_parse_rates_benchmark_quick_mode(capsys):
         if rates["calls"]:
             assert rates["parse_rate"] == rates["parsed"] / rates["calls"]
     assert local["decode_steps_per_run"] > 0
-    assert any(line.startswith("local ") for line in lines)
+    assert any(line.startswith("local    float32 ") for line in lines)
+
+
+def test_parse_rates_benchmark_bf16_modules_keep_the_planner_in_float32(capsys, monkeypatch):
+    """--module-dtype bfloat16: the executor, verifier and generator (and the tools' default
+    model) decode with a bf16 copy, the planner with float32, as in a Flow-GRPO run."""
+    spec = importlib.util.spec_from_file_location("parse_rates", SCRIPT.parent / "parse_rates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = {}
+
+    def load_models(specs):
+        built.update(real_load_models(specs))
+        return built
+
+    real_load_models = module.load_models
+    monkeypatch.setattr(module, "load_models", load_models)
+    out = module.main(["--n", "1", "--systems", "local", "--quick", "--tiny", "--module-dtype", "bfloat16"])
+    dtypes = {role: next(m.engine.model.parameters()).dtype for role, m in built.items()}
+    assert dtypes == {"planner": torch.float32, "default": torch.bfloat16, "executor": torch.bfloat16,
+                      "verifier": torch.bfloat16, "generator": torch.bfloat16}
+    assert out["systems"][0]["module_dtype"] == "bfloat16" and out["systems"][0]["failed_runs"] == 0
 
 
 def test_update_benchmark_quick_mode(capsys):
