@@ -52,8 +52,8 @@ import torch  # noqa: E402
 from agentflow.evals.datasets import load_benchmark  # noqa: E402
 from agentflow.evals.stats import tool_error_rate  # noqa: E402
 from agentflow.trainer import FlowGRPOConfig, build_trainer, read_metrics  # noqa: E402
-from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft_data  # noqa: E402
 from agentflow.trainer.checkpoint import fresh_run_name  # noqa: E402
+from agentflow.trainer.sft import collect_successful_turns, sft_train, write_sft_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "examples" / "learning_toolmix.yaml"
