@@ -320,9 +320,7 @@ def test_parse_rates_benchmark_quick_mode(capsys):
     """benchmarks/parse_rates.py on a random tiny model: its table and its JSON agree, and
     each parse rate is the parsed calls over the calls it recorded (the served systems run
     in tests/test_served.py)."""
-    spec = importlib.util.spec_from_file_location("parse_rates", SCRIPT.parent / "parse_rates.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script("parse_rates")
     out = module.main(["--n", "2", "--systems", "local", "--quick", "--tiny"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == out
@@ -340,9 +338,7 @@ def test_parse_rates_benchmark_quick_mode(capsys):
 def test_parse_rates_benchmark_bf16_modules_keep_the_planner_in_float32(capsys, monkeypatch):
     """--module-dtype bfloat16: the executor, verifier and generator (and the tools' default
     model) decode with a bf16 copy, the planner with float32, as in a Flow-GRPO run."""
-    spec = importlib.util.spec_from_file_location("parse_rates", SCRIPT.parent / "parse_rates.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script("parse_rates")
     built = {}
 
     def load_models(specs):
