@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import weakref
 
@@ -264,3 +266,34 @@ def test_close_frees_buffers_and_a_later_submit_restarts(tokenizer):
     again = engine.generate(prompt, params)
     assert again.completion_ids == first.completion_ids
     assert again.logprobs == pytest.approx(first.logprobs, abs=1e-4)
+
+
+_FREED_BUFFER_SCRIPT = """
+import os, sys, torch
+if sys.argv[1] == "engine":
+    from transformers import AutoTokenizer
+    from agentflow.models import GenerationEngine, tiny_model
+    from agentflow.models.loading import resolve_model_path
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path())
+    GenerationEngine(tiny_model(vocab_size=len(tokenizer)), tokenizer)
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+big = torch.ones(20 << 18); del big  # 20 MB: mapped; by default its free raises glibc's threshold to 20 MB
+buffer = torch.ones(12 << 18)        # 12 MB: one fp32 slot layer of 16 rows x 1,000 columns
+before = rss_mb(); del buffer
+print(before - rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_an_engine_makes_freed_buffers_leave_the_process():
+    """Once an engine exists, a freed multi-MB buffer goes back to the OS at once
+    (`engine._fix_mmap_threshold`); glibc's default keeps it resident after a larger block
+    was freed, which is how re-layouts and prefix-store evictions piled up fp32 RSS.
+    Separate processes: the threshold is process-wide and set once."""
+    freed = {}
+    for mode in ("plain", "engine"):
+        out = subprocess.run([sys.executable, "-c", _FREED_BUFFER_SCRIPT, mode], capture_output=True, text=True, check=True)
+        freed[mode] = float(out.stdout.split()[-1])
+    assert freed["engine"] > 11.5, freed
+    assert freed["plain"] < 1, freed  # the default the engine changes (if this fails, glibc changed)
