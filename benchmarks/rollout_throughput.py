@@ -13,8 +13,9 @@ Same model, dtype, query, max_turns=3, max new tokens per node, temperature 0.7,
 Then raw `model.generate` vs the engine alone at batch 5 and 20 (same prompt, same number
 of tokens, EOS ignored), the engine's decode ms/step at 1 and 5 rows and at G=8 (and its
 ratio to the single-row step), achieved GFLOP/s next to a large matmul, peak RSS (after each
-phase too, to tell which one sets it) and the whole wall time, and at G=8 the engine's
-prefix cache off vs on, its lean forward off vs on, and the stop-condition savings (the
+phase too, to tell which one sets it), the whole wall time, memory bandwidth at the start and
+the end (a decode step's floor; it shows how much of the machine a neighbour took), and at
+G=8 the engine's prefix cache off vs on, its lean forward off vs on, and the stop-condition savings (the
 planner, executor and verifier stop rules of agentflow/nodes/stops.py off vs on: decode steps
 and completion tokens per rollout). The last line is one JSON object.
 
@@ -87,6 +88,19 @@ def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> tuple[float, int]:
     for _ in range(reps):
         a @ b
     return 2 * size**3 * reps / (time.perf_counter() - t) / 1e9, size
+
+
+def bandwidth_gb_s(mb: int) -> float:
+    """GB/s of a sum over `mb` MB of fp32, best of 3: a decode step reads every weight once,
+    so this is the machine's floor for one, and it shows what a neighbour takes (a 1 GB
+    sum ran at 11-26 GB/s on the same machine from hour to hour)."""
+    x = torch.ones(mb << 18)  # mb MB of fp32
+    best = float("inf")
+    for _ in range(4):  # the first pass faults the pages in
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return mb / 1024 / best
 
 
 def load(args):
@@ -361,7 +375,10 @@ def main(argv=None) -> dict:
     args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 48)
     args.peer_runs = args.peer_runs or (1 if args.quick else 3)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    print(f"load: {os.getloadavg()}  cpus: {os.cpu_count()}  torch threads: {torch.get_num_threads()}")
+    probe_mb = 256  # far beyond the caches; small beside the run's peak RSS
+    bandwidth_start = bandwidth_gb_s(probe_mb)
+    print(f"load: {os.getloadavg()}  cpus: {os.cpu_count()}  torch threads: {torch.get_num_threads()}  "
+          f"memory bandwidth (sum over {probe_mb} MB): {bandwidth_start:.1f} GB/s")
     model, tokenizer = load(args)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {'tiny' if args.tiny else 'SmolLM2-135M'} {params / 1e6:.1f}M params, {args.dtype}, "
@@ -477,12 +494,15 @@ def main(argv=None) -> dict:
     print(f"achieved (engine decode, 2*params*tok/s): {achieved:.1f} GFLOP/s; ceiling: matmul bf16 {n_bf16}^3 {bf16:.1f} GFLOP/s, "
           f"fp32 {n_fp32}^3 {fp32:.0f} GFLOP/s -> {achieved / (bf16 if args.dtype == 'bfloat16' else fp32) * 100:.1f}% of the {args.dtype} ceiling")
     total = time.perf_counter() - started
-    print(f"peak RSS {rss_mb():.0f} MB; whole benchmark wall {total / 60:.1f} min; load now {os.getloadavg()}")
+    peak = rss_mb()  # before the probe's buffer could add to it
+    bandwidth_end = bandwidth_gb_s(probe_mb)
+    print(f"peak RSS {peak:.0f} MB; whole benchmark wall {total / 60:.1f} min; load now {os.getloadavg()}; "
+          f"memory bandwidth now {bandwidth_end:.1f} GB/s")
     out = {
         "speedup_vs_peer": round((8 / g8["wall"]) / peer_tps, 3),
         "speedup_vs_peer_32": round((32 / results[32]["wall"]) / peer_tps, 3) if 32 in results else None,
         "engine_vs_raw": round(cmp8["engine_tok_s"] / cmp8["raw_tok_s"], 3),
-        "peak_rss_mb": round(rss_mb(), 1),
+        "peak_rss_mb": round(peak, 1),
         "decode_ms_per_step_g8": round(g8["decode_ms_per_step"], 1),
         "decode_ms_per_step_1row": round(single, 1),
         "stop_rules_decode_steps_saved": round(1 - g8["steps"] / free["steps"], 3),
@@ -490,6 +510,8 @@ def main(argv=None) -> dict:
         "engine_vs_llama_cpp": round(cmp8["engine_tok_s"] / cmp8["llama_tok_s"], 3) if cmp8["llama_tok_s"] else None,
         "llama_cpp_decode_ms_per_token": round(llama_step_ms, 1) if llama_step_ms else None,
         "wall_min": round(total / 60, 2),
+        "bandwidth_gb_s_start": round(bandwidth_start, 1),
+        "bandwidth_gb_s_end": round(bandwidth_end, 1),
     }
     print(json.dumps(out))
     return out

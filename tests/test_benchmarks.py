@@ -27,7 +27,7 @@ def _run_rollout_benchmark(capsys, *extra: str) -> tuple[dict, str]:
     assert set(out) == {"speedup_vs_peer", "speedup_vs_peer_32", "engine_vs_raw", "peak_rss_mb",
                         "decode_ms_per_step_g8", "decode_ms_per_step_1row", "wall_min",
                         "stop_rules_decode_steps_saved", "stop_rules_speedup", "engine_vs_llama_cpp",
-                        "llama_cpp_decode_ms_per_token"}
+                        "llama_cpp_decode_ms_per_token", "bandwidth_gb_s_start", "bandwidth_gb_s_end"}
     text = "\n".join(lines)
     peer = float(re.search(r"\(a\) peer .*?= ([\d.]+) traj/s", text).group(1))
     runs, engine = re.search(r"\(b\) engine G=8: (\d+) runs in [\d.]+s = ([\d.]+) traj/s", text).groups()
@@ -40,6 +40,9 @@ def _run_rollout_benchmark(capsys, *extra: str) -> tuple[dict, str]:
     one, g8 = map(float, re.search(r"decode ms/step: 1 row ([\d.]+), .*G=8 rollouts ([\d.]+) at", text).groups())
     assert (out["decode_ms_per_step_1row"], out["decode_ms_per_step_g8"]) == pytest.approx((one, g8), abs=0.051)
     assert out["peak_rss_mb"] == pytest.approx(float(re.search(r"peak RSS (\d+) MB", text).group(1)), abs=1)
+    start = float(re.search(r"memory bandwidth \(sum over 256 MB\): ([\d.]+) GB/s", text).group(1))
+    end = float(re.search(r"memory bandwidth now ([\d.]+) GB/s", text).group(1))
+    assert (out["bandwidth_gb_s_start"], out["bandwidth_gb_s_end"]) == (start, end) and min(start, end) > 0
     off, on = map(int, re.search(r"stop rules G=8: off (\d+) decode steps.* vs on (\d+) decode steps", text).groups())
     assert out["stop_rules_decode_steps_saved"] == round(1 - on / off, 3)
     from agentflow.nodes import stops
