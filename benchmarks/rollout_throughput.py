@@ -94,9 +94,9 @@ def bandwidth_gb_s(mb: int) -> float:
     """GB/s of a sum over `mb` MB of fp32, best of 3: a decode step reads every weight once,
     so this is the machine's floor for one, and it shows what a neighbour takes (a 1 GB
     sum ran at 11-26 GB/s on the same machine from hour to hour)."""
-    x = torch.ones(mb << 18)  # mb MB of fp32
+    x = torch.ones(mb << 18)  # mb MB of fp32, every page already written
     best = float("inf")
-    for _ in range(4):  # the first pass faults the pages in
+    for _ in range(3):
         t = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - t)
