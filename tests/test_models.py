@@ -207,7 +207,7 @@ def test_slot_cache_window_follows_its_rows():
     assert cache.mask[:3].sum(-1).tolist() == [5, 9, 3]
     for layer in cache.layers:  # each row's keys/values hold its row number, say
         layer.keys[:3] = layer.values[:3] = torch.arange(3.0)[:, None, None, None]
-    cache.advance(0, [5, 9, 3])
+    cache.advance(1, [], [5, 9, 3])
     assert cache.col == 11 and cache.pos[:3].tolist() == [5, 9, 3]
 
     cache.move_rows([(1, 2)], keep=2)  # row 1 finished: row 2 takes its slot
@@ -234,7 +234,7 @@ def test_relayout_frees_each_layer_before_allocating_the_next(monkeypatch):
     shape = KVShape(heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
     cache.relayout(Layout(slots=2, width=8, col=4), shape)
     cache.add_row(3)
-    cache.advance(0, [3])  # the prompt's 3 columns (2..4) are live now
+    cache.advance(1, [], [3])  # the prompt's 3 columns (2..4) are live now
     for layer in cache.layers:
         layer.keys[0] = layer.values[0] = 7.0
     old = [(weakref.ref(layer.keys), weakref.ref(layer.values)) for layer in cache.layers]

@@ -3,7 +3,8 @@
 `engine.GenerationEngine` ties together the parts, each in its own module:
 `scheduler` (which requests run, when the buffers are re-laid out; pure Python),
 `kv_cache` (the slot buffers), `prefix_cache` (keys/values of recent prompts),
-`runner` and `fast_forward` (the forward pass) and `sampler` (per-request sampling).
+`runner` and `fast_forward` (the forward pass), `sampler` (per-request sampling) and
+`drafter` (prompt-lookup drafts the next forward verifies).
 """
 
 from agentflow.models.engine.engine import GenerationEngine

@@ -27,7 +27,9 @@ placed in free slots, reusing stored prefixes (`prefix_cache`); the model runner
 (`runner`) computes the running rows' decode step and the admitted prefills in one
 forward pass (one pass reads the weights once for both: on this CPU a decode step of 5
 rows costs ~100 ms, mostly reading weights; folding it into the ~45 prefills of a G=8
-rollout saves that much per admission); the sampler (`sampler`) draws one token per row;
+rollout saves that much per admission); each decoding row also carries the tokens its
+`drafter` expects next, and the sampler (`sampler`) keeps those it agrees with plus one
+token after them (`_sample`: the tokens are the ones one step at a time would give);
 finished rows retire.
 """
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import functools
 import os
 import queue
 import random
@@ -49,11 +52,13 @@ import torch
 from transformers import PreTrainedModel
 
 from agentflow.models.engine import sampler
-from agentflow.models.engine.kv_cache import Segment, SlotCache
+from agentflow.models.engine.drafter import Drafter
+from agentflow.models.engine.kv_cache import SlotCache
 from agentflow.models.engine.prefix_cache import PrefixStore, common_prefix
 from agentflow.models.engine.runner import ModelRunner
 from agentflow.models.engine.scheduler import Scheduler, Sequence
 from agentflow.models.engine.types import Generation, RequestTooLarge, SamplingParams
+from agentflow.models.loading import bf16_is_fast
 
 
 _MMAP_THRESHOLD = 4 << 20  # bytes; glibc's M_MMAP_THRESHOLD, see _fix_mmap_threshold
@@ -95,12 +100,21 @@ def _return_freed_memory() -> None:
         pass
 
 
+@functools.cache
+def _positions_at_bandwidth(dtype: torch.dtype, device: str) -> int:
+    """See `GenerationEngine._step_positions` (cached: `bf16_is_fast` reads /proc/cpuinfo)."""
+    fast = torch.device(device).type == "cuda" or (dtype == torch.bfloat16 and bf16_is_fast(device))
+    return 64 if fast else 16
+
+
 @dataclass(eq=False, kw_only=True)
 class _Request(Sequence):
-    """A queued or running request: its sequence state, its caller's future, its RNG."""
+    """A queued or running request: its sequence state, its caller's future, its RNG, and
+    its drafter once it runs (when the engine drafts)."""
 
     future: Future
     generator: torch.Generator
+    drafter: Drafter | None = None
 
     def __post_init__(self) -> None:
         # the prompt as a tensor once: prefill, prefix lookups and the prefix store share it
@@ -121,6 +135,8 @@ class GenerationEngine:
         prefix_cache_tokens: int = 16384,
         prefix_cache_min: int = 16,
         fast_forward: bool = True,
+        draft_tokens: int = 4,
+        draft_positions: int | None = None,
     ) -> None:
         # The lean forward over the slot buffers (fast_forward.py) where it covers the
         # model; transformers' own forward otherwise, or when asked (fast_forward=False).
@@ -133,6 +149,10 @@ class GenerationEngine:
         # 0 disables the prefix cache; a hit shorter than prefix_cache_min is not worth a copy.
         self._prefixes = PrefixStore(prefix_cache_tokens)
         self.prefix_cache_min = max(1, prefix_cache_min)
+        # Speculation: up to this many tokens drafted per row and step from the row's own
+        # text (`drafter`), verified in the row's next forward; 0 decodes one token a step.
+        self.draft_tokens = max(0, draft_tokens)
+        self.draft_positions = draft_positions  # see _step_positions; None: by dtype
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
@@ -282,17 +302,20 @@ class GenerationEngine:
             self.stats["relayouts"] += 1
             self.stats["relayout_s"] += time.perf_counter() - t0
 
-    def _place(self, admitted: list[_Request]) -> list[Segment]:
-        """Put admitted requests into slots R.. and describe what the next forward computes.
+    def _place(self, admitted: list[_Request]) -> tuple[int, list, list]:
+        """Put admitted requests into slots R.. (the running rows hold 0..R-1).
 
         Every prompt is right-aligned to end at column `col` (inclusive), where the running
-        rows write their next token, so after the forward every row continues at col + 1.
-        A request that shares a prefix with a stored prompt gets those keys/values copied
-        into its slot and computes only the rest. Three kinds of segment result:
+        rows write their next token. A request that shares a prefix with a stored prompt
+        gets those keys/values copied into its slot and computes only the rest. Three kinds
+        of admitted request result:
         * one token left to compute (the G copies of a group's first prompt): the row
           joins the running rows' decode segment;
-        * no reusable prefix: one left-padded batch;
+        * no reusable prefix ("misses"): one left-padded batch;
         * a longer suffix: one segment per row (rows differ in where their suffix starts).
+        Returns how many rows decode (running and joining), the misses' prompts, and
+        (row, prompt, reused tokens) for the suffixes: `_segments` describes them once the
+        buffers hold the step's drafts.
         """
         if self._runner.sync_weights():
             self._prefixes.clear()
@@ -310,49 +333,120 @@ class GenerationEngine:
             cache.add_row(len(req.ids), kv, n)
             self.stats["prefill_tokens"] += len(req.ids) - n
             self.stats["prefix_tokens_reused"] += n
+            if self.draft_tokens:
+                req.drafter = Drafter(req.prompt_ids)
         running = len(self._scheduler.running)
         for row, (req, _, _) in enumerate(joining, start=running):
             cache.next[row] = req.prompt_ids[-1]
             cache.pos[row] = len(req.ids) - 1
-        segments = []
-        decoding = running + len(joining)
-        if decoding:
-            segments.append(cache.decode_segment(decoding))
-        if misses:
-            segments.append(cache.prefill_segment(decoding, [req.ids for req, _, _ in misses]))
-        for row, (req, n, _) in enumerate(suffixes, start=decoding + len(misses)):
-            segments.append(cache.suffix_segment(row, req.ids, n))
         self._scheduler.running.extend(req for req, _, _ in plans)
-        return segments
+        decoding = running + len(joining)
+        first_suffix = decoding + len(misses)
+        return decoding, [req.ids for req, _, _ in misses], [
+            (row, req.ids, n) for row, (req, n, _) in enumerate(suffixes, start=first_suffix)]
+
+    def _step_positions(self) -> int:
+        """How many positions one forward pass computes at little more than the cost of
+        one (`draft_positions`, or by the weights' dtype): a decode step reads every
+        weight once and is bound by memory bandwidth until its products become bound by
+        arithmetic, which for the 135M model on this CPU happens past ~16 positions in
+        fp32 (185 GFLOP/s) and past ~40 in bf16 on AMX (measured, 300 columns of context:
+        5 rows x 5 positions cost 1.1x of 5 x 1 in bf16, 1.5-2.0x in fp32; docs/design.md
+        §4, "Speculation")."""
+        if self.draft_positions is not None:
+            return self.draft_positions
+        shape = self._runner.kv_shape()
+        return _positions_at_bandwidth(shape.dtype, str(shape.device))
+
+    def _drafts(self, decoding: int, prefill_positions: int) -> list[list[int]]:
+        """Each decoding row's drafts (`drafter`): as many as the step's positions allow
+        (`_step_positions`, the prefills' included), cut to the columns the buffers have
+        for them, re-laying the buffers out when they have too few (`Scheduler.draft_room`)."""
+        rows = self._scheduler.running[:decoding]
+        k = min(self.draft_tokens, (self._step_positions() - prefill_positions) // max(decoding, 1) - 1)
+        if k <= 0:
+            return [[] for _ in rows]
+        # a row emits at most `remaining` tokens, one of them sampled after its last draft
+        drafts = [req.drafter.propose(min(k, req.remaining - 1)) for req in rows]
+        want = max(map(len, drafts), default=0)
+        if not want:
+            return drafts
+        room, layout = self._scheduler.draft_room(self._cache.layout, self._cache.live, want)
+        if layout is not None:
+            t0 = time.perf_counter()
+            self._cache.relayout(layout, self._runner.kv_shape())
+            self.stats["relayouts"] += 1
+            self.stats["relayout_s"] += time.perf_counter() - t0
+        return [d[:room] for d in drafts]
 
     def _step(self) -> None:
-        """One forward pass: the running rows' decode step fused with the admitted requests'
-        prefills (the weights are read once for both), then one sampled token per row."""
+        """One forward pass: the decoding rows' next tokens (each row's drafts after its
+        token) fused with the admitted requests' prefills (the weights are read once for
+        all of them), then the sampled tokens: per decoding row, the drafts the sampler
+        agrees with and the token after them."""
         t0 = time.perf_counter()
         cache, admitted = self._cache, self._admitting
-        running = len(self._scheduler.running)
         if cache.col >= cache.width:  # cannot happen: admission reserves every row's remaining tokens
             raise RuntimeError("slot cache overflow")
-        segments = self._place(admitted) if admitted else [cache.decode_segment(running)]
+        decoding, misses, suffixes = self._place(admitted) if admitted else (len(self._scheduler.running), [], [])
+        prefill_positions = len(misses) * max(map(len, misses), default=0) + sum(len(ids) - n for _, ids, n in suffixes)
+        drafts = self._drafts(decoding, prefill_positions)
+        segments = [cache.decode_segment(decoding, drafts)] if decoding else []
+        if misses:
+            segments.append(cache.prefill_segment(decoding, misses))
+        segments += [cache.suffix_segment(row, ids, n) for row, ids, n in suffixes]
         logits = self._runner.forward(cache, segments)
-        rows = self._scheduler.running
-        cache.advance(running, [len(req.ids) for req in rows[running:]])
-        if self._prefixes.enabled:
-            for row in range(running, len(rows)):
-                self._prefixes.insert(rows[row].ids, cache.prompt_kv(row, len(rows[row].ids)))
         # prefill_s: forwards that prefilled (with the running rows' decode step fused in);
         # decode_s: decode-only forwards, decode_steps of them
         self.stats["prefill_s" if admitted else "decode_s"] += time.perf_counter() - t0
         self.stats["prefills" if admitted else "decode_steps"] += 1
-        if running:
+        if decoding:
             self.steps += 1
-            self.stats["rows"] += running
+            self.stats["rows"] += decoding
         t0 = time.perf_counter()
-        tokens, logprobs = sampler.sample(rows, logits)
-        sampler.record(rows, tokens.tolist(), logprobs, self.eos_ids, self.tokenizer)
-        cache.next[: len(rows)] = tokens
-        self.tokens += len(rows)
+        self._sample(decoding, drafts, logits)
+        rows = self._scheduler.running
+        if self._prefixes.enabled:
+            for row in range(decoding, len(rows)):
+                self._prefixes.insert(rows[row].ids, cache.prompt_kv(row, len(rows[row].ids)))
         self.stats["sample_s"] += time.perf_counter() - t0
+
+    def _sample(self, decoding: int, drafts: list[list[int]], logits: torch.Tensor) -> None:
+        """Sample and record every row's tokens, then move the buffers on.
+
+        Logits come as the forward returns them: q per decoding row (its token, its drafts,
+        padding), then one per prefilled row. Position j of a row is sampled only once the
+        row has kept its first j drafts (the token sampled at each earlier position equals
+        the next draft), with the row's next uniform: so a row emits exactly the tokens it
+        would emit one forward pass at a time (exact speculative sampling: a draft d is kept
+        with probability p(d)), and only the positions that decide something are sampled."""
+        rows, cache = self._scheduler.running, self._cache
+        q = 1 + max(map(len, drafts), default=0)
+        kept = [0] * decoding
+        active = list(range(len(rows)))  # rows still emitting this step
+        for j in range(q):
+            at = [r * q + j if r < decoding else decoding * q + r - decoding for r in active]
+            # each sampled token takes the next number of its request's own stream
+            uniforms = [float(torch.rand((), generator=rows[r].generator)) if rows[r].params.temperature > 0 else 0.0
+                        for r in active]
+            tokens, logprobs = sampler.sample([rows[r].params for r in active], logits[at], uniforms)
+            going = []
+            for r, token, logprob in zip(active, tokens, logprobs):
+                req = rows[r]
+                done = sampler.record(req, token, logprob, self.eos_ids, self.tokenizer)
+                if req.drafter is not None:
+                    req.drafter.extend([token])
+                cache.next[r] = token
+                self.tokens += 1
+                if r < decoding and not done and j < len(drafts[r]) and token == drafts[r][j]:
+                    kept[r] += 1
+                    going.append(r)
+            active = going
+            if not active:
+                break
+        self.stats["drafted"] += sum(map(len, drafts))
+        self.stats["kept"] += sum(kept)
+        cache.advance(q, kept, [len(req.ids) for req in rows[decoding:]])
 
     def _retire(self) -> None:
         """Resolve finished requests and close the gaps they leave in the slots."""

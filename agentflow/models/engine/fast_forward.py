@@ -212,6 +212,7 @@ class FastForward:
         config = base.config.get_text_config()
         self.inner = base.model
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.group = self.heads // self.kv_heads  # query heads per key/value head
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.intermediate = config.intermediate_size
         self.blocks = [_Block(layer) for layer in self.inner.layers]
@@ -253,7 +254,8 @@ class FastForward:
 
     @torch.inference_mode()
     def __call__(self, layers: list[DynamicLayer], segments: list[Segment]) -> torch.Tensor:
-        """Last-position logits of every row of every segment (see `kv_cache.Segment`), in order.
+        """Last-position logits of every row of every segment (of every position where the
+        segment says `every`; see `kv_cache.Segment`), in order.
 
         All segments' tokens go through each projection together, so a decode step and
         the prefills admitted with it read the weights once; attention runs per segment."""
@@ -278,8 +280,14 @@ class FastForward:
                 own = torch.arange(width - q, width, device=h.device)[:, None]
                 allowed = (allowed & (key <= own)) | (key == own)
             # additive form, built once for all layers (SDPA would convert a boolean mask per call)
-            biases.append(torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf")))
-            last.append(torch.arange(rows, device=h.device) * q + (start + q - 1))
+            bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
+            # a decode segment attends with its query heads grouped by key head (below): the
+            # mask once per query head of a group, in the order of the grouped queries
+            biases.append(bias.expand(-1, 1, q, -1).repeat(1, 1, self.group, 1) if seg.every else bias)
+            if seg.every:
+                last.append(torch.arange(start, start + n, device=h.device))
+            else:
+                last.append(torch.arange(rows, device=h.device) * q + (start + q - 1))
             start += n
         cos, sin = (cos[0], sin[0]) if len(segments) == 1 else (torch.cat(cos), torch.cat(sin))
         # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: one op instead of four per layer
@@ -295,18 +303,24 @@ class FastForward:
             for seg, n, bias in zip(segments, sizes, biases):
                 rows, q = seg.ids.shape
                 part = qk[start : start + n].view(rows, q, heads + kv_heads, head_dim)
-                query, k = part[:, :, :heads].transpose(1, 2), part[:, :, heads:].transpose(1, 2)
-                layer.keys[seg.r0 : seg.r1, :, seg.col : seg.col + q] = k
+                layer.keys[seg.r0 : seg.r1, :, seg.col : seg.col + q] = part[:, :, heads:].transpose(1, 2)
                 layer.values[seg.r0 : seg.r1, :, seg.col : seg.col + q] = v[start : start + n].view(rows, q, kv_heads, head_dim).transpose(1, 2)
-                out = F.scaled_dot_product_attention(
-                    query,
-                    layer.keys[seg.r0 : seg.r1, :, seg.off : seg.col + q],
-                    layer.values[seg.r0 : seg.r1, :, seg.off : seg.col + q],
-                    attn_mask=bias,
-                    scale=block.scaling,
-                    enable_gqa=True,
-                )
-                outs.append(out.transpose(1, 2).reshape(n, qn))
+                keys = layer.keys[seg.r0 : seg.r1, :, seg.off : seg.col + q]
+                values = layer.values[seg.r0 : seg.r1, :, seg.off : seg.col + q]
+                if seg.every:
+                    # Decode rows (a token and its drafts): the query heads that share a key
+                    # head go in as one head of group x q queries, so its keys are read once.
+                    # Measured (bf16, 5 rows, 300 columns, per layer): 163 -> 120 us at 1
+                    # query a row, 371 -> 196 us at 5; prefill shapes gain nothing.
+                    query = part[:, :, :heads].view(rows, q, kv_heads, self.group, head_dim)
+                    query = query.permute(0, 2, 3, 1, 4).reshape(rows, kv_heads, self.group * q, head_dim)
+                    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=block.scaling)
+                    out = out.view(rows, kv_heads, self.group, q, head_dim).permute(0, 3, 1, 2, 4)
+                else:
+                    query = part[:, :, :heads].transpose(1, 2)
+                    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=block.scaling, enable_gqa=True)
+                    out = out.transpose(1, 2)
+                outs.append(out.reshape(n, qn))
                 start += n
             h = h + block.o(outs[0] if len(outs) == 1 else torch.cat(outs))
             g = block.gate_up(_rms_norm(h, block.norm2))

@@ -7,8 +7,8 @@ and `batch_select_indices` copies it again when a row leaves.
 
 So per layer there is one preallocated `[slots, kv_heads, width, head_dim]` buffer. The
 live rows occupy slots `0..R-1` and share one write column: a decode step writes column
-`col` for every row with an indexed copy (no concatenation) and attention reads the
-window `[off, col]`, where `off` is the earliest column any live row uses (`SlotCache.off`,
+`col` for every row with an indexed copy (no concatenation; with drafts, columns `col..col+d`,
+and what the sampler rejects becomes masked holes) and attention reads the window `[off, col]`, where `off` is the earliest column any live row uses (`SlotCache.off`,
 derived from the rows' start columns, never stored). A new request goes into a free slot,
 right-aligned so that its prompt ends at column `col` (left padding masked out, positions
 given explicitly, so its numbers are those of an unpadded run), and is prefilled in the
@@ -42,7 +42,9 @@ class KVShape:
 @dataclass
 class Segment:
     """Rows r0..r1 compute `ids` [rows, q], writing keys/values at columns col..col+q and
-    attending to columns off..col+q where `mask` [rows, col+q-off] is 1."""
+    attending to columns off..col+q where `mask` [rows, col+q-off] is 1. The forward
+    returns logits at each row's last position, or at all q of them when `every` (a
+    decode step verifying drafts)."""
 
     r0: int
     r1: int
@@ -51,6 +53,7 @@ class Segment:
     ids: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
+    every: bool = False
 
 
 class _SlotLayer(DynamicLayer):
@@ -167,11 +170,23 @@ class SlotCache:
         self.mask[row, start : self.col + 1] = 1
         self.starts.append(start)
 
-    def decode_segment(self, rows: int) -> Segment:
-        """Rows 0..rows-1 each compute their next token (`next`) at the write column."""
+    def decode_segment(self, rows: int, drafts: list[list[int]] | None = None) -> Segment:
+        """Rows 0..rows-1 each compute their next token (`next`) at the write column and, with
+        `drafts`, the tokens drafted after it at the columns after (padded to the longest
+        draft; `advance` masks what the sampler did not keep)."""
+        q = 1 + max(map(len, drafts), default=0) if drafts else 1
         col, off = self.col, min(self.starts[:rows])
-        self.mask[:rows, col] = 1
-        return Segment(0, rows, off, col, self.next[:rows, None], self.mask[:rows, off : col + 1], self.pos[:rows, None])
+        self.mask[:rows, col : col + q] = 1
+        if q == 1:
+            ids, positions = self.next[:rows, None], self.pos[:rows, None]
+        else:
+            ids = torch.full((rows, q), self.pad_id, dtype=torch.long)
+            ids[:, 0] = self.next[:rows]
+            for row, draft in enumerate(drafts):
+                ids[row, 1 : 1 + len(draft)] = torch.tensor(draft, dtype=torch.long)
+            ids = ids.to(self.mask.device)
+            positions = self.pos[:rows, None] + torch.arange(q, device=self.mask.device)
+        return Segment(0, rows, off, col, ids, self.mask[:rows, off : col + q], positions, every=True)
 
     def prefill_segment(self, r0: int, prompts: list[torch.Tensor]) -> Segment:
         """Rows r0.. compute their whole prompts, left-padded to one batch ending at `col`."""
@@ -190,13 +205,20 @@ class SlotCache:
         positions = torch.arange(n, len(prompt), device=device)[None]
         return Segment(row, row + 1, start, start + n, prompt[n:][None].to(device), self.mask[row : row + 1, start : self.col + 1], positions)
 
-    def advance(self, running: int, new_positions: list[int]) -> None:
-        """After a forward pass: every row continues at col + 1; the `running` rows that
-        decoded move one position on, the rows after them start decoding at `new_positions`."""
-        self.col += 1
-        self.pos[:running] += 1
-        for row, position in enumerate(new_positions, start=running):
+    def advance(self, q: int, kept: list[int], new_positions: list[int]) -> None:
+        """After a forward pass whose decode segment wrote `q` columns a row: every row
+        continues at col + q. Decoding row r keeps its token at col and the first `kept[r]`
+        drafts after it (the columns of the rest are masked out for good: holes, which
+        attention skips, as it skips left padding) and moves 1 + kept[r] positions on; the
+        rows after them (prefilled this step) start decoding at `new_positions`."""
+        for row, k in enumerate(kept):
+            if 1 + k < q:
+                self.mask[row, self.col + 1 + k : self.col + q] = 0
+        if kept:
+            self.pos[: len(kept)] += torch.tensor(kept, dtype=torch.long, device=self.pos.device) + 1
+        for row, position in enumerate(new_positions, start=len(kept)):
             self.pos[row] = position
+        self.col += q
 
     def prompt_kv(self, row: int, length: int) -> torch.Tensor:
         """The keys/values of row `row`'s prompt (its first `length` columns), for the prefix store."""

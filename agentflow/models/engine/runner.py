@@ -67,21 +67,23 @@ class ModelRunner:
         return changed
 
     def forward(self, cache: SlotCache, segments: list[Segment]) -> torch.Tensor:
-        """Last-position logits of every row of every segment, in row order."""
+        """Last-position logits of every row of every segment (all positions of a segment
+        marked `every`), in row order."""
         if self.fast is not None:
             return self.fast(cache.layers, segments)
         logits = []
         for seg in segments:  # transformers' forward: one pass per segment, through the slot layers
             cache.segment = seg
+            keep = seg.ids.shape[1] if seg.every else 1
             out = self.model(
                 input_ids=seg.ids,
                 attention_mask=seg.mask,
                 position_ids=seg.positions,
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=keep,
                 **{self._cache_arg(self.model): cache.hf_cache},
             )
-            logits.append(out.logits[:, -1, :])
+            logits.append(out.logits[:, -keep:, :].reshape(-1, out.logits.shape[-1]))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def _cache_arg(self, model) -> str:

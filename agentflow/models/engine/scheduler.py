@@ -119,6 +119,26 @@ class Scheduler(Generic[S]):
         )
         return Admission(chosen, None if fits else self._layout(needed, left, right))
 
+    def draft_room(self, current: Layout, live: int, want: int) -> tuple[int, Layout | None]:
+        """How many columns past its one token a row may write this step (drafts to verify,
+        `drafter`), and the re-layout that gives `want` of them when the buffers have fewer.
+
+        All rows continue at `col + 1 + drafts` whatever each keeps, and each keeps at least
+        its one token, so drafts spend the columns beyond the running rows' remaining
+        tokens: `width - col - max(remaining)`. When those run short, the live window is
+        moved left with a fresh margin (as at admission), within the token budget;
+        `want` is 0 when no row has a draft."""
+        rows = len(self.running)
+        need = max((seq.remaining for seq in self.running), default=0)
+        spare = current.width - current.col - need
+        if spare >= want:
+            return want, None
+        # what the token budget allows at most (admission already holds rows x (live + need))
+        want = min(want, self.max_tokens_in_flight // max(rows, 1) - live - need)
+        if want <= spare:
+            return max(spare, 0), None
+        return want, self._layout(rows, live, need + want)
+
     def _waits_for_prefix(self, seq: S, chosen: list[S]) -> bool:
         """Its best prefix is a prompt admitted in this same pass, whose keys and values
         exist only after this step: it joins one step later and reuses them (the G copies
