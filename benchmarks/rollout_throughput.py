@@ -15,9 +15,12 @@ of tokens, EOS ignored), the engine's decode ms/step at 1 and 5 rows and at G=8 
 ratio to the single-row step), achieved GFLOP/s next to a large matmul, peak RSS (after each
 phase too, to tell which one sets it), the whole wall time, memory bandwidth at the start and
 the end (a decode step's floor; it shows how much of the machine a neighbour took), and at
-G=8 the engine's prefix cache off vs on, its lean forward off vs on, and the stop-condition savings (the
+G=8 the engine's prefix cache off vs on, its lean forward off vs on, its prompt-lookup speculation
+off vs on (decode steps, tokens per row and step, drafts kept), and the stop-condition savings (the
 planner, executor and verifier stop rules of agentflow/nodes/stops.py off vs on: decode steps
-and completion tokens per rollout). The last line is one JSON object.
+and completion tokens per rollout). The batch-5/20 lines and the 1- and 5-row decode steps run
+without drafts (one token a row and step, as `generate` and llama.cpp's server decode). The
+last line is one JSON object.
 
 With `--llama-server BIN --gguf MODEL.gguf`, the batch-5 work also goes to llama.cpp's own
 server, the engine a CPU user would pick instead: started here on 127.0.0.1 with 5 slots and
@@ -164,18 +167,18 @@ def merge_peer(parts: list[dict]) -> dict:
             "calls": sum(p["calls"] for p in parts), "tokens": sum(p["tokens"] for p in parts)}
 
 
-def make_llm(model, tokenizer, args, prefix_cache=True, fast_forward=True):
+def make_llm(model, tokenizer, args, prefix_cache=True, fast_forward=True, draft_tokens=4):
     from agentflow.models import GenerationEngine, LocalChatModel
 
     engine = GenerationEngine(model, tokenizer, max_batch_size=32, seed=args.seed, fast_forward=fast_forward,
-                              **({} if prefix_cache else {"prefix_cache_tokens": 0}))
+                              draft_tokens=draft_tokens, **({} if prefix_cache else {"prefix_cache_tokens": 0}))
     return LocalChatModel(engine=engine, model_name="bench", temperature=0.7, max_new_tokens=args.max_new_tokens)
 
 
-def run_engine(model, tokenizer, args, g: int, prefix_cache=True, fast_forward=True) -> dict:
+def run_engine(model, tokenizer, args, g: int, prefix_cache=True, fast_forward=True, draft_tokens=4) -> dict:
     from agentflow import build_agentflow
 
-    llm = make_llm(model, tokenizer, args, prefix_cache, fast_forward)
+    llm = make_llm(model, tokenizer, args, prefix_cache, fast_forward, draft_tokens)
     graph = build_agentflow(llm, tools(), max_turns=3)
     engine = llm.engine
     graph.batch([{"query": QUERY}] * 2, config={"max_concurrency": 2})  # warm-up (thread, allocator)
@@ -197,6 +200,9 @@ def run_engine(model, tokenizer, args, g: int, prefix_cache=True, fast_forward=T
         "relayout_s": s["relayout_s"], "relayouts": s["relayouts"], "prefills": s["prefills"],
         "prefill_tokens": s["prefill_tokens"], "prefix_tokens_reused": s["prefix_tokens_reused"],
         "decode_ms_per_step": 1000 * s["decode_s"] / max(s["decode_steps"], 1),
+        "drafted": s["drafted"], "kept": s["kept"],
+        # tokens a decoding row emits per forward pass: 1 without speculation
+        "tokens_per_row_step": (s["rows"] + s["kept"]) / max(s["rows"], 1),
     }
 
 
@@ -282,8 +288,11 @@ def raw_vs_engine(model, tokenizer, args, batch: int, prompt: list[int], reps: i
     mask = torch.ones_like(ids)
     # Without the prefix cache: `generate` prefills every row, so must the engine for an
     # equal comparison (the cached engine, which prefills the shared prompt once, is extra).
-    engine = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed, prefix_cache_tokens=0)
-    cached = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed)
+    # Without drafts: one token a row and step, as `generate` and llama.cpp's server (no
+    # draft model) decode; this line measures the decode step (speculation has its own line).
+    engine = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed, prefix_cache_tokens=0,
+                              draft_tokens=0)
+    cached = GenerationEngine(model, tokenizer, max_batch_size=max(batch, 1), seed=args.seed, draft_tokens=0)
     engine.eos_ids = cached.eos_ids = set()  # every row runs exactly n tokens, as with min_new_tokens=n below
     params = SamplingParams(max_new_tokens=n, temperature=0.7)
     raw, eng, eng_cached, llama = [], [], [], []
@@ -320,7 +329,8 @@ def decode_ms_per_step(model, tokenizer, args, prompt: list[int], rows: int, rep
     stand-in on this machine (one pass over the weights for one row)."""
     from agentflow.models import GenerationEngine, SamplingParams
 
-    engine = GenerationEngine(model, tokenizer, max_batch_size=max(rows, 1), seed=args.seed, prefix_cache_tokens=0)
+    engine = GenerationEngine(model, tokenizer, max_batch_size=max(rows, 1), seed=args.seed, prefix_cache_tokens=0,
+                              draft_tokens=0)  # one token a row and step: the step itself is measured
     engine.eos_ids = set()
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7)
     [f.result() for f in [engine.submit(prompt, params) for _ in range(rows)]]  # warm-up
@@ -419,7 +429,8 @@ def main(argv=None) -> dict:
               f"({r['prefills']} prefills, {r['prefill_tokens']} tok), decode-only {r['decode_s']:.1f}s "
               f"({r['decode_ms_per_step']:.0f} ms/step), sample {r['sample_s']:.2f}s, "
               f"relayout {r['relayout_s']:.2f}s ({r['relayouts']}); prompt tokens reused from the prefix cache "
-              f"{r['prefix_tokens_reused']} of {r['prefix_tokens_reused'] + r['prefill_tokens']}")
+              f"{r['prefix_tokens_reused']} of {r['prefix_tokens_reused'] + r['prefill_tokens']}; drafts kept "
+              f"{r['kept']} of {r['drafted']}, {r['tokens_per_row_step']:.2f} tokens per row and step")
         # everything the model computed (prefill + decode rows) over the whole graph run
         print(f"    graph end-to-end: {2 * params * (r['prefill_tokens'] + r['engine_tokens']) / r['wall'] / 1e9:.1f} GFLOP/s")
     g8 = results[8]
@@ -435,6 +446,15 @@ def main(argv=None) -> dict:
           f"vs on {8 / g8['wall']:.3f} traj/s (prefill {g8['prefill_s']:.1f}s, decode-only {g8['decode_s']:.1f}s = "
           f"{g8['decode_ms_per_step']:.0f} ms/step at {g8['mean_rows']:.1f} rows) -> {hf['wall'] / g8['wall']:.2f}x; "
           f"peak RSS so far {rss_mb():.0f} MB")
+
+    # The same G=8 rollout decoding one token a row and step (no prompt-lookup drafts).
+    plain = run_engine(model, tokenizer, args, 8, draft_tokens=0)
+    print(f"speculation G=8: off {plain['steps']} decode steps ({plain['decode_ms_per_step']:.0f} ms/step), "
+          f"{8 / plain['wall']:.3f} traj/s vs on {g8['steps']} decode steps ({g8['decode_ms_per_step']:.0f} ms/step, "
+          f"{g8['tokens_per_row_step']:.2f} tokens per row and step, {g8['kept']} of {g8['drafted']} drafts kept), "
+          f"{8 / g8['wall']:.3f} traj/s -> {1 - g8['steps'] / plain['steps']:.0%} fewer decode steps, "
+          f"{plain['wall'] / g8['wall']:.2f}x; sampling differs run to run (turns off {statistics.mean(plain['turns']):.2f}, "
+          f"on {statistics.mean(g8['turns']):.2f})")
 
     from agentflow.nodes import stops
 
@@ -507,6 +527,9 @@ def main(argv=None) -> dict:
         "decode_ms_per_step_1row": round(single, 1),
         "stop_rules_decode_steps_saved": round(1 - g8["steps"] / free["steps"], 3),
         "stop_rules_speedup": round(free["wall"] / g8["wall"], 3),
+        "speculation_decode_steps_saved": round(1 - g8["steps"] / plain["steps"], 3),
+        "speculation_speedup": round(plain["wall"] / g8["wall"], 3),
+        "tokens_per_row_step_g8": round(g8["tokens_per_row_step"], 3),
         "engine_vs_llama_cpp": round(cmp8["engine_tok_s"] / cmp8["llama_tok_s"], 3) if cmp8["llama_tok_s"] else None,
         "llama_cpp_decode_ms_per_token": round(llama_step_ms, 1) if llama_step_ms else None,
         "wall_min": round(total / 60, 2),

@@ -27,7 +27,8 @@ def _run_rollout_benchmark(capsys, *extra: str) -> tuple[dict, str]:
     assert set(out) == {"speedup_vs_peer", "speedup_vs_peer_32", "engine_vs_raw", "peak_rss_mb",
                         "decode_ms_per_step_g8", "decode_ms_per_step_1row", "wall_min",
                         "stop_rules_decode_steps_saved", "stop_rules_speedup", "engine_vs_llama_cpp",
-                        "llama_cpp_decode_ms_per_token", "bandwidth_gb_s_start", "bandwidth_gb_s_end"}
+                        "llama_cpp_decode_ms_per_token", "bandwidth_gb_s_start", "bandwidth_gb_s_end",
+                        "speculation_decode_steps_saved", "speculation_speedup", "tokens_per_row_step_g8"}
     text = "\n".join(lines)
     peer = float(re.search(r"\(a\) peer .*?= ([\d.]+) traj/s", text).group(1))
     runs, engine = re.search(r"\(b\) engine G=8: (\d+) runs in [\d.]+s = ([\d.]+) traj/s", text).groups()
@@ -45,6 +46,10 @@ def _run_rollout_benchmark(capsys, *extra: str) -> tuple[dict, str]:
     assert (out["bandwidth_gb_s_start"], out["bandwidth_gb_s_end"]) == (start, end) and min(start, end) > 0
     off, on = map(int, re.search(r"stop rules G=8: off (\d+) decode steps.* vs on (\d+) decode steps", text).groups())
     assert out["stop_rules_decode_steps_saved"] == round(1 - on / off, 3)
+    off, on = map(int, re.search(r"speculation G=8: off (\d+) decode steps.* vs on (\d+) decode steps", text).groups())
+    assert out["speculation_decode_steps_saved"] == round(1 - on / off, 3)
+    kept, drafted = map(int, re.search(r"drafts kept (\d+) of (\d+), ([\d.]+) tokens per row", text).groups()[:2])
+    assert 0 <= kept <= drafted and out["tokens_per_row_step_g8"] >= 1
     from agentflow.nodes import stops
 
     assert stops.VERIFIER.end is stops.verifier_end  # the rules are back after the stop-rules-off rollout
