@@ -314,8 +314,8 @@ class GenerationEngine:
         * no reusable prefix ("misses"): one left-padded batch;
         * a longer suffix: one segment per row (rows differ in where their suffix starts).
         Returns how many rows decode (running and joining), the misses' prompts, and
-        (row, prompt, reused tokens) for the suffixes: `_segments` describes them once the
-        buffers hold the step's drafts.
+        (row, prompt, reused tokens) for the suffixes: `_step` describes their segments
+        after `_drafts`, which may re-lay the buffers out.
         """
         if self._runner.sync_weights():
             self._prefixes.clear()
