@@ -31,6 +31,13 @@ def test_no_draft_without_an_earlier_occurrence():
     assert Drafter([5, 5]).propose(4) == [5]  # a repeat drafts itself
 
 
+def test_a_one_token_match_drafts_one_token():
+    d = Drafter([4, 1, 2, 3, 5, 6, 1])  # only (1,) occurred before
+    assert d.propose(4) == [2]
+    d.extend([2])  # (1, 2) did too
+    assert d.propose(4) == [3, 5, 6, 1]
+
+
 # -- room in the buffers -----------------------------------------------------------
 def _running(*remaining: int) -> Scheduler:
     s = Scheduler(8, 10_000)
