@@ -47,3 +47,24 @@ def test_cli_rejects_unknown_tools():
     result = CliRunner().invoke(app, ["run", "hi", "--tools", "teleporter"])
     assert result.exit_code == 2
     assert "teleporter" in result.output
+
+
+def test_drafted_decoding_keeps_the_real_models_logprobs():
+    """On the real weights in fp32, sampled with drafts kept (the lean forward's grouped
+    attention over a token and its drafts): every recorded log-prob within 1e-4 of the
+    model's own full forward, which the trainer recomputes."""
+    import torch
+
+    from agentflow.models import GenerationEngine, SamplingParams, load_model
+    from tests.conftest import reference_logprobs
+
+    model, tokenizer = load_model(dtype=torch.float32)
+    text = "Repeat exactly: the quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog."
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False)
+    engine = GenerationEngine(model, tokenizer, seed=0, draft_positions=64)
+    outs = [f.result() for f in [engine.submit(prompt, SamplingParams(max_new_tokens=40, temperature=0.7, seed=s))
+                                 for s in range(4)]]
+    assert engine.stats["kept"] > 0
+    for out in outs:
+        assert out.logprobs == pytest.approx(reference_logprobs(model, prompt, out.completion_ids, 0.7), abs=1e-4)
