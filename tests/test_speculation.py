@@ -38,6 +38,27 @@ def test_a_one_token_match_drafts_one_token():
     assert d.propose(4) == [3, 5, 6, 1]
 
 
+def test_two_level_inverse_cdf_draws_what_one_running_sum_draws():
+    """Block sums then one block's running sum pick the token a full `cumsum` picks, for a
+    vocabulary that is no multiple of the block, never a token without mass."""
+    import torch
+
+    from agentflow.models.engine.sampler import _inverse_cdf
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(64, 1000, generator=g) * 3, -1)
+    probs[:, 990:] = 0.0  # the last tokens (and the padded block's tail) have no mass
+    u = torch.rand(64, generator=g) * 0.98
+    cdf = probs.cumsum(-1)
+    expected = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    assert torch.equal(_inverse_cdf(probs, u), expected)
+    top = _inverse_cdf(probs, torch.ones(64))  # u at the very end: the last token with mass
+    assert bool((probs.gather(-1, top[:, None]) > 0).all())
+    probs[:, 700:] = 0.0  # whole blocks without mass at the end
+    top = _inverse_cdf(probs, torch.ones(64))
+    assert bool((probs.gather(-1, top[:, None]) > 0).all()) and bool((top < 700).all())
+
+
 # -- room in the buffers -----------------------------------------------------------
 def _running(*remaining: int) -> Scheduler:
     s = Scheduler(8, 10_000)

@@ -27,7 +27,7 @@ def sample(params: Rows[SamplingParams], logits: torch.Tensor, uniforms: Rows[fl
     """
     n = len(params)
     temps = [p.temperature for p in params]
-    x = logits.float()
+    x = logits.to(torch.float32, copy=True)  # scaled in place below
     if any(t != 1.0 and t > 0 for t in temps):
         x = x.div_(torch.tensor([t if t > 0 else 1.0 for t in temps], dtype=torch.float32, device=x.device)[:, None])
     lse = torch.logsumexp(x, -1, keepdim=True)
@@ -72,9 +72,12 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     if blocks * _BLOCK != v:
         probs = torch.nn.functional.pad(probs, (0, blocks * _BLOCK - v))
     per_block = probs.view(n, blocks, _BLOCK)
-    cdf = per_block.sum(-1).cumsum(-1)
+    sums = per_block.sum(-1)
+    cdf = sums.cumsum(-1)
     target = (u * cdf[:, -1])[:, None]
-    block = torch.searchsorted(cdf, target, right=True).clamp_(max=blocks - 1)
+    # rounding may leave the target at or past the total: the last block with mass
+    last_block = (sums > 0).cumsum(-1).argmax(-1, keepdim=True)
+    block = torch.minimum(torch.searchsorted(cdf, target, right=True), last_block)
     before = torch.where(block > 0, cdf.gather(-1, (block - 1).clamp(min=0)), torch.zeros_like(target))
     within = per_block[torch.arange(n, device=probs.device), block[:, 0]].cumsum(-1) + before
     # rounding may leave the target past the block's last running sum: its last token with mass
