@@ -56,7 +56,7 @@ from agentflow.models.engine.drafter import Drafter
 from agentflow.models.engine.kv_cache import SlotCache
 from agentflow.models.engine.prefix_cache import PrefixStore, common_prefix
 from agentflow.models.engine.runner import ModelRunner
-from agentflow.models.engine.scheduler import Scheduler, Sequence
+from agentflow.models.engine.scheduler import Layout, Scheduler, Sequence
 from agentflow.models.engine.types import Generation, RequestTooLarge, SamplingParams
 from agentflow.models.loading import bf16_is_fast
 
@@ -297,10 +297,14 @@ class GenerationEngine:
         admission = self._scheduler.admit(self._cache.layout, self._cache.live)
         self._admitting = admission.requests
         if admission.relayout is not None:
-            t0 = time.perf_counter()
-            self._cache.relayout(admission.relayout, self._runner.kv_shape())
-            self.stats["relayouts"] += 1
-            self.stats["relayout_s"] += time.perf_counter() - t0
+            self._relayout(admission.relayout)
+
+    def _relayout(self, layout: Layout) -> None:
+        """Re-lay the slot buffers out (at admission, or to make room for drafts), timed."""
+        t0 = time.perf_counter()
+        self._cache.relayout(layout, self._runner.kv_shape())
+        self.stats["relayouts"] += 1
+        self.stats["relayout_s"] += time.perf_counter() - t0
 
     def _place(self, admitted: list[_Request]) -> tuple[int, list, list]:
         """Put admitted requests into slots R.. (the running rows hold 0..R-1).
@@ -373,10 +377,7 @@ class GenerationEngine:
             return drafts
         room, layout = self._scheduler.draft_room(self._cache.layout, self._cache.live, want)
         if layout is not None:
-            t0 = time.perf_counter()
-            self._cache.relayout(layout, self._runner.kv_shape())
-            self.stats["relayouts"] += 1
-            self.stats["relayout_s"] += time.perf_counter() - t0
+            self._relayout(layout)
         return [d[:room] for d in drafts]
 
     def _step(self) -> None:
