@@ -70,6 +70,23 @@ def reference_logprobs(model, prompt: list[int], completion: list[int], temperat
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
 
 
+def submit_joining_mid_flight(engine, prompts: list[list[int]], params: list) -> list:
+    """Submit requests so that most join a running batch: the third waits for the second
+    to finish, the rest go in while it decodes. Returns the futures, in order."""
+    futures = []
+    for p, s in zip(prompts, params):
+        futures.append(engine.submit(p, s))
+        if len(futures) == 2:
+            futures[-1].result()
+    return futures
+
+
+@pytest.fixture(params=[True, False], ids=["fast_forward", "transformers_forward"])
+def fast_forward(request):
+    """Engine tests that take it run on both forwards: the lean one and transformers' own."""
+    return request.param
+
+
 @pytest.fixture
 def scripted():
     return lambda respond: ScriptedChatModel(respond=respond)

@@ -16,13 +16,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from agentflow.models import GenerationEngine, LocalChatModel, RequestTooLarge, SamplingParams, tiny_model
 from agentflow.models.engine.kv_cache import KVShape, SlotCache
 from agentflow.models.engine.scheduler import Layout
-from tests.conftest import reference_logprobs
-
-
-@pytest.fixture(params=[True, False], ids=["fast_forward", "transformers_forward"])
-def fast_forward(request):
-    """Every engine test runs on both forwards: the lean one and transformers' own."""
-    return request.param
+from tests.conftest import reference_logprobs, submit_joining_mid_flight
 
 
 @pytest.fixture
@@ -111,11 +105,7 @@ def test_requests_joining_mid_flight_match_one_at_a_time(engine, tokenizer):
     prompts = _prompts(tokenizer, 6)
     params = [SamplingParams(max_new_tokens=4 + 5 * i, temperature=0.7 * (i % 2), seed=i) for i in range(6)]
     alone = [engine.generate(p, s) for p, s in zip(prompts, params)]
-    futures = []
-    for p, s in zip(prompts, params):
-        futures.append(engine.submit(p, s))
-        futures[-1].result() if len(futures) == 2 else None  # later ones join a running batch
-    for a, f in zip(alone, futures):
+    for a, f in zip(alone, submit_joining_mid_flight(engine, prompts, params)):
         b = f.result()
         assert a.completion_ids == b.completion_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)

@@ -12,7 +12,7 @@ import pytest
 from agentflow.models import GenerationEngine, SamplingParams, tiny_model
 from agentflow.models.engine.drafter import Drafter
 from agentflow.models.engine.scheduler import Layout, Scheduler, Sequence
-from tests.conftest import reference_logprobs
+from tests.conftest import reference_logprobs, submit_joining_mid_flight
 
 
 # -- drafts -----------------------------------------------------------------------
@@ -85,11 +85,6 @@ def test_drafts_stay_within_the_token_budget():
 
 
 # -- the engine --------------------------------------------------------------------
-@pytest.fixture(params=[True, False], ids=["fast_forward", "transformers_forward"])
-def fast_forward(request):
-    return request.param
-
-
 def _engines(tokenizer, fast_forward, **kw):
     model = tiny_model(vocab_size=len(tokenizer))
     on = GenerationEngine(model, tokenizer, seed=0, fast_forward=fast_forward, draft_tokens=4, draft_positions=64, **kw)
@@ -112,11 +107,7 @@ def test_speculation_changes_no_token_and_no_logprob(tokenizer, fast_forward, te
     prompts = _prompts(tokenizer, 6)
     params = [SamplingParams(max_new_tokens=6 + 7 * i, temperature=temperature, seed=i) for i in range(6)]
     expected = [off.generate(p, s) for p, s in zip(prompts, params)]
-    futures = []
-    for p, s in zip(prompts, params):
-        futures.append(on.submit(p, s))
-        futures[-1].result() if len(futures) == 2 else None  # later ones join a running batch
-    for a, f in zip(expected, futures):
+    for a, f in zip(expected, submit_joining_mid_flight(on, prompts, params)):
         b = f.result()
         assert b.completion_ids == a.completion_ids and b.finish_reason == a.finish_reason
         assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
