@@ -79,9 +79,10 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     last_block = (sums > 0).cumsum(-1).argmax(-1, keepdim=True)
     block = torch.minimum(torch.searchsorted(cdf, target, right=True), last_block)
     before = torch.where(block > 0, cdf.gather(-1, (block - 1).clamp(min=0)), torch.zeros_like(target))
-    within = per_block[torch.arange(n, device=probs.device), block[:, 0]].cumsum(-1) + before
+    chosen = per_block[torch.arange(n, device=probs.device), block[:, 0]]
+    within = chosen.cumsum(-1) + before
     # rounding may leave the target past the block's last running sum: its last token with mass
-    last = _BLOCK - 1 - (per_block[torch.arange(n, device=probs.device), block[:, 0]].flip(-1) > 0).int().argmax(-1, keepdim=True)
+    last = (chosen > 0).cumsum(-1).argmax(-1, keepdim=True)
     pick = torch.minimum(torch.searchsorted(within, target, right=True), last)
     return (block * _BLOCK + pick)[:, 0].clamp_(max=v - 1)
 
